@@ -1,0 +1,226 @@
+"""The experiments of the paper: for each, the runs it needs and the files it writes from them.
+
+An experiment is one :class:`Experiment` in :data:`EXPERIMENTS`. A table of
+other optimizers beside the paper's three columns is a few lines, e.g. for an
+``--optimizer Prodigy`` of the scripts (a column of several methods is tuned
+on validation, like SGD's rate)::
+
+    def baselines_rows(plan):
+        prodigy = Column("Prodigy", (Method("prodigy", ("--optimizer", "Prodigy", "--lr", "1")),))
+        return [Row(m, 1, table1_columns(m) + (prodigy,)) for m in plan.models_or(plan.profile.table1_models)]
+
+    EXPERIMENTS["baselines"] = Experiment("SGD, Adam, Alrao and Prodigy", rows_runs(baselines_rows),
+                                          table_report(baselines_rows, "baselines", "Baselines"))
+"""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import figures
+from .aggregate import load_result, row_result
+from .outputs import Provenance, format_seeds, seeds_text, write_json
+from .plan import Plan, Row, RunSpec, alrao_sgd, sgd, table1_columns, unique, width_columns
+from .protocol import ALRAO_CNN, ALRAO_LSTM, WIDTH_FACTOR, AlraoSetting, is_lstm
+from .tables import display_name, format_rate, write_table1
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where an experiment reads its runs and writes its results, and the provenance it states."""
+
+    plan: Plan
+    out_dir: Path
+    results_dir: Path
+    commit: str
+    command: str
+
+    def provenance(self, models: Sequence[str], seeds: Optional[str] = None) -> Provenance:
+        return Provenance(self.plan.profile.name, seeds or seeds_text(self.plan, models), self.commit, self.command)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """``runs(plan)``: the runs it needs; ``report(context)``: writes its tables or figures from
+    the finished runs and returns their paths."""
+
+    help: str
+    runs: Callable[[Plan], List[RunSpec]]
+    report: Callable[[Context], List[Path]]
+
+
+# ------------------------------------------------------------------ Table 1
+def table1_rows(plan: Plan) -> List[Row]:
+    return [Row(m, 1, table1_columns(m)) for m in plan.models_or(plan.profile.table1_models)]
+
+
+def width_rows(plan: Plan) -> List[Row]:
+    """The width×3 rows: the CNNs among the models, Adam and Alrao at 3 times the profile's width."""
+    return [Row(m, WIDTH_FACTOR, width_columns(m)) for m in plan.models_or(plan.profile.table1_models)
+            if not is_lstm(m)]
+
+
+def rows_runs(rows: Callable[[Plan], List[Row]]) -> Callable[[Plan], List[RunSpec]]:
+    return lambda plan: unique(run for row in rows(plan) for run in plan.row_runs(row))
+
+
+def table1_and_width_rows(plan: Plan) -> List[Row]:
+    """The rows of the paper's Table 1 in its order: each model, then that model at width×3."""
+    width = {row.model: row for row in width_rows(plan)}
+    return [r for row in table1_rows(plan) for r in (row, width.get(row.model)) if r is not None]
+
+
+def table_report(rows: Callable[[Plan], List[Row]], stem: str, title: str) -> Callable[[Context], List[Path]]:
+    """A report writing ``<stem>.md`` / ``<stem>.json`` from the rows that have finished runs."""
+    def report(context: Context) -> List[Path]:
+        results = [row_result(context.plan, row, context.out_dir) for row in rows(context.plan)]
+        results = [r for r in results if r.has_runs]
+        if not results:
+            print(f"{stem}: no finished run in {context.out_dir}: nothing to write")
+            return []
+        provenance = context.provenance([r.row.model for r in results])
+        return write_table1(results, provenance, context.plan.profile.size_multiplier, context.results_dir,
+                            str(context.out_dir), stem=stem, title=title)
+    return report
+
+
+# ---------------------------------------------------------- learning curves
+def curve_models(plan: Plan) -> List[str]:
+    return list(plan.models_or(plan.profile.curve_models))
+
+
+def curves_runs(plan: Plan) -> List[RunSpec]:
+    """Table 1's runs of the curve models, first seed only (the figures show one run per method)."""
+    return unique(plan.run(m, method, plan.seeds_for(m)[0])
+                  for m in curve_models(plan) for column in table1_columns(m) for method in column.methods)
+
+
+def curves_report(context: Context) -> List[Path]:
+    """``curves_<model>.png`` (train and test loss per epoch of every method) and
+    ``posterior_<model>.png`` (the Alrao run's switch posterior) for each curve model."""
+    plan, written = context.plan, []
+    for model in curve_models(plan):
+        seed = plan.seeds_for(model)[0]
+        curves, missing, alrao = [], [], None
+        for column in table1_columns(model):
+            for method in column.methods:
+                result = load_result(context.out_dir, plan.run(model, method, seed))
+                if result is None:
+                    missing.append(method.name)
+                    continue
+                kind = "sgd" if method.lr is not None else column.title.lower()
+                label = f"SGD lr {format_rate(method.lr)}" if kind == "sgd" else column.title
+                curves.append(figures.Curve(label, kind, result.history, bool(result.summary.get("diverged")),
+                                            method.lr))
+                if kind == "alrao":
+                    alrao = result
+        if not curves:
+            print(f"curves: no finished run of {model} in {context.out_dir}: no figure")
+            continue
+        name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
+        title = f"{name}, seed {seed}" + (f"\n(not finished: {', '.join(missing)})" if missing else "")
+        provenance = context.provenance([model], seeds=str(seed))
+        unit, key = ("bits/char", "bpc") if is_lstm(model) else ("nats", "loss")
+        written.append(figures.learning_curves(f"Learning curves: {title}", curves, key, unit, provenance,
+                                               context.results_dir / f"curves_{model}.png"))
+        if alrao is not None:
+            written.append(figures.posterior_figure(f"Alrao's switch posterior: {name}, seed {seed}",
+                                                    alrao.history, provenance,
+                                                    context.results_dir / f"posterior_{model}.png"))
+    return written
+
+
+# ----------------------------------------------------------------- triangle
+def triangle_models(plan: Plan) -> List[str]:
+    return list(plan.models_or((plan.profile.triangle.model,)))
+
+
+def triangle_seeds(plan: Plan, model: str):
+    return plan.seeds_for(model, plan.profile.triangle.n_seeds)
+
+
+def triangle_method(model: str, low: float, high: float):
+    """Plain SGD on the diagonal (``low == high``), else Alrao-SGD on ``(10**low, 10**high)``."""
+    if low == high:
+        return sgd(10.0 ** low)
+    copies = (ALRAO_LSTM if is_lstm(model) else ALRAO_CNN).n_classifiers
+    return alrao_sgd(AlraoSetting(low, high, copies))
+
+
+def triangle_cells(plan: Plan, model: str):
+    """``(i, j, run)`` for every interval of the grid and seed, ``i <= j`` (indices of the ends)."""
+    ends, setting = plan.profile.triangle.ends_log10, plan.profile.triangle
+    return [(i, j, plan.run(model, triangle_method(model, ends[i], ends[j]), seed, epochs=setting.epochs,
+                            early_stopping=False))
+            for i in range(len(ends)) for j in range(i, len(ends)) for seed in triangle_seeds(plan, model)]
+
+
+def triangle_runs(plan: Plan) -> List[RunSpec]:
+    return unique(run for m in triangle_models(plan) for _, _, run in triangle_cells(plan, m))
+
+
+def triangle_report(context: Context) -> List[Path]:
+    """``triangle_<model>.png`` and ``.json``: the mean over seeds of the train and test losses after
+    the last epoch for each interval; an interval is marked diverged when one of its runs diverged."""
+    plan, written = context.plan, []
+    ends = plan.profile.triangle.ends_log10
+    n = len(ends)
+    for model in triangle_models(plan):
+        key, unit = ("bpc", "bits/char") if is_lstm(model) else ("loss", "nats")
+        sums = {split: np.zeros((n, n)) for split in ("train", "test")}
+        counts = np.zeros((n, n))
+        diverged = np.zeros((n, n), dtype=bool)
+        runs: Dict[str, dict] = {}
+        for i, j, run in triangle_cells(plan, model):
+            result = load_result(context.out_dir, run)
+            if result is None:
+                continue
+            last = result.history[-1] if result.history else {}
+            runs[run.folder] = {"min_lr": 10.0 ** ends[i], "max_lr": 10.0 ** ends[j],
+                                "diverged": bool(result.summary.get("diverged")),
+                                **{f"{s}_{key}": last.get(f"{s}_{key}") for s in sums}}
+            if result.summary.get("diverged"):
+                diverged[i, j] = True
+            elif all(isinstance(last.get(f"{s}_{key}"), (int, float)) for s in sums):
+                for split in sums:
+                    sums[split][i, j] += last[f"{split}_{key}"]
+                counts[i, j] += 1
+        if not runs:
+            print(f"triangle: no finished run of {model} in {context.out_dir}: no figure")
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = {split: np.where(counts > 0, sums[split] / counts, np.nan) for split in sums}
+        seeds = triangle_seeds(plan, model)
+        provenance = context.provenance([model], seeds=format_seeds(seeds))
+        name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
+        epochs = plan.epochs or plan.profile.triangle.epochs
+        written.append(figures.triangle_figure(
+            f"Alrao for every interval (diagonal: plain SGD), {name}, {epochs} epoch{'s' if epochs > 1 else ''}",
+            ends, means["train"], means["test"], diverged, unit, provenance,
+            context.results_dir / f"triangle_{model}.png"))
+        path = context.results_dir / f"triangle_{model}.json"
+        write_json(path, {**provenance.as_dict(), "model": model, "ends_log10": list(ends), "epochs": epochs,
+                          "loss_unit": unit, "rows_min_lr_cols_max_lr": {
+                              split: [[None if not math.isfinite(v) else v for v in row] for row in means[split]]
+                              for split in means},
+                          "diverged": diverged.tolist(), "runs": runs})
+        written.append(path)
+    return written
+
+
+TABLE1_REPORT = table_report(table1_and_width_rows, "table1", "Table 1")
+
+EXPERIMENTS: Dict[str, Experiment] = {
+    "table1": Experiment("Table 1: SGD at every rate of the grid (best on validation), Adam, Alrao-SGD; "
+                         "writes table1.md/.json (with the width×3 rows when they were run)",
+                         rows_runs(table1_rows), TABLE1_REPORT),
+    "width": Experiment("Table 1's width×3 rows: Adam and Alrao-SGD on 3 times wider CNNs; rewrites table1.md/.json",
+                        rows_runs(width_rows), TABLE1_REPORT),
+    "curves": Experiment("learning curves (train and test loss per epoch, every SGD rate, Adam, Alrao) and the "
+                         "switch posterior over epochs: curves_<model>.png, posterior_<model>.png",
+                         curves_runs, curves_report),
+    "triangle": Experiment("Alrao for every interval of a grid, plain SGD on the diagonal, without early "
+                           "stopping: triangle_<model>.png/.json", triangle_runs, triangle_report),
+}

@@ -1,0 +1,266 @@
+"""Running the runs of a sweep: in this process, as local subprocesses, or as Slurm jobs.
+
+A run is never trained twice: a folder with a final ``summary.json`` is
+finished, one with only a checkpoint is continued with ``--resume`` (an
+interrupted sweep resumes where it stopped). Before either, the folder's
+``config.json`` must describe the same run, so that a changed profile never
+mixes two different runs under one name. A run that fails is reported and
+the others go on.
+"""
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Callable, List, Optional, Sequence
+
+from experiment.run import CHECKPOINT, CONFIG, INTERRUPTED, METRICS, RESUMABLE_FLAGS, SUMMARY
+
+from .plan import RunSpec
+
+REPO = Path(__file__).resolve().parent.parent
+LOG = "reproduce.log"  # the output of a run launched as a subprocess, in its folder
+LAUNCHERS = ("local", "inline", "slurm")
+# A run's files that a process killed before its first checkpoint leaves behind.
+STALE_FILES = (CONFIG, METRICS)
+
+FINISHED, RESUME, FRESH = "finished", "resume", "fresh"
+
+
+class LaunchError(Exception):
+    """A sweep that cannot start (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of the sweep ended: ``ok`` (trained now or before) or failed with ``message``."""
+
+    run: RunSpec
+    ok: bool
+    message: str
+    seconds: float = 0.0
+
+
+# -------------------------------------------------------------- run folders
+def run_state(run_dir: Path) -> str:
+    """:data:`FINISHED` (a final ``summary.json``), :data:`RESUME` (a checkpoint to continue)
+    or :data:`FRESH` (nothing to keep)."""
+    summary = run_dir / SUMMARY
+    if summary.is_file() and json.loads(summary.read_text()).get("status") != INTERRUPTED:
+        return FINISHED
+    return RESUME if (run_dir / CHECKPOINT).is_file() else FRESH
+
+
+def parse_flags(run: RunSpec, run_dir: Path) -> argparse.Namespace:
+    """The resolved flags of ``run`` as its script reads them; :class:`LaunchError` if it rejects them."""
+    module = importlib.import_module(run.script)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return module.build_parser().parse_args([*run.flags, "--out_dir", str(run_dir)])
+    except SystemExit:
+        message = stderr.getvalue().strip().splitlines()
+        raise LaunchError(f"{run.folder}: {message[-1] if message else 'invalid flags'}") from None
+
+
+def config_mismatch(run: RunSpec, run_dir: Path) -> Optional[str]:
+    """Why ``run_dir`` holds another run than ``run`` (flags that differ), or ``None``."""
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        return None
+    saved = json.loads(config_path.read_text()).get("args", {})
+    wanted = vars(parse_flags(run, run_dir))
+    differ = [k for k in sorted(set(saved) | set(wanted))
+              if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")]
+    if not differ:
+        return None
+    return (f"{run_dir} holds another run (" + ", ".join(
+        f"--{k} {saved.get(k, '<absent>')}, wanted {wanted.get(k, '<absent>')}" for k in differ)
+        + "): remove it or choose another --out_dir")
+
+
+def command(run: RunSpec, run_dir: Path, resume: bool) -> List[str]:
+    """The shell command of ``run``."""
+    return [sys.executable, str(REPO / f"{run.script}.py"), *run.flags, "--out_dir", str(run_dir),
+            *(["--resume"] if resume else [])]
+
+
+def run_subprocess(cmd: Sequence[str], log_path: str, env: dict) -> Optional[str]:
+    """Run ``cmd`` with ``env`` added to the environment, its output appended to ``log_path``.
+    ``None`` on success, else the last line it printed (its error). Module-level: Slurm jobs call it."""
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
+    if code == 0:
+        return None
+    lines = [line for line in Path(log_path).read_text().splitlines() if line.strip()]
+    return f"exit status {code}: {lines[-1].strip() if lines else 'no output'} (log: {log_path})"
+
+
+# ----------------------------------------------------------------- launchers
+def visible_gpus() -> List[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def default_jobs() -> int:
+    """One run at a time, or one per GPU when there are several."""
+    return max(1, len(visible_gpus()))
+
+
+def thread_env(jobs: int) -> dict:
+    """Split the CPU cores between ``jobs`` concurrent runs (unless ``OMP_NUM_THREADS`` is set):
+    torch's default, one thread per core in every run, oversubscribes the cores (measured on a
+    shared 2-core machine: an LSTM step 150x slower with 2 threads than with 1)."""
+    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
+    gpus = visible_gpus()
+    slots: Queue = Queue()  # one token per concurrent run; its GPU, if any
+    for i in range(jobs):
+        slots.put(gpus[i % len(gpus)] if gpus else None)
+    env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
+
+    def one(run: RunSpec, resume: bool) -> Outcome:
+        gpu = slots.get()
+        start = time.perf_counter()
+        try:
+            run_dir = out_dir / run.folder
+            error = run_subprocess(command(run, run_dir, resume), str(run_dir / LOG),
+                                   {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
+            return Outcome(run, error is None, error or "trained", time.perf_counter() - start)
+        finally:
+            slots.put(gpu)
+
+    outcomes = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, run, resume) for run, resume in runs]
+        try:
+            for future in as_completed(futures):
+                outcomes.append(report(future.result()))
+        except KeyboardInterrupt:  # the runs got the signal too: they keep their checkpoints
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return outcomes
+
+
+def _run_inline(runs, out_dir: Path, report) -> List[Outcome]:
+    outcomes = []
+    for run, resume in runs:
+        module = importlib.import_module(run.script)
+        start = time.perf_counter()
+        argv = command(run, out_dir / run.folder, resume)[2:]
+        try:
+            module.main(module.build_parser().parse_args(argv))
+            outcome = Outcome(run, True, "trained", time.perf_counter() - start)
+        except SystemExit as exit_:
+            if exit_.code == 130:  # Ctrl-C: the run kept its checkpoint; stop the sweep
+                raise
+            outcome = Outcome(run, exit_.code in (0, None), f"exit status {exit_.code}", time.perf_counter() - start)
+        except Exception as error:  # one broken run must not stop the sweep
+            outcome = Outcome(run, False, f"{type(error).__name__}: {error}", time.perf_counter() - start)
+        outcomes.append(report(outcome))
+    return outcomes
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Resources of each Slurm job (one run per job)."""
+
+    partition: Optional[str] = None
+    timeout_min: int = 24 * 60
+    gpus_per_job: int = 1
+    cpus_per_job: int = 4
+    cluster: Optional[str] = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
+
+
+def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> List[Outcome]:
+    try:
+        import submitit
+    except ImportError:
+        raise LaunchError("--launcher slurm needs the submitit package: pip install submitit") from None
+    executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster=options.cluster)
+    executor.update_parameters(name="alrao-reproduce", timeout_min=options.timeout_min,
+                               gpus_per_node=options.gpus_per_job, cpus_per_task=options.cpus_per_job,
+                               **({"slurm_partition": options.partition} if options.partition else {}))
+    env = {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(options.cpus_per_job)}
+    submitted = time.perf_counter()
+    with executor.batch():  # one job array
+        jobs = [executor.submit(run_subprocess, command(run, out_dir / run.folder, resume),
+                                str(out_dir / run.folder / LOG), env) for run, resume in runs]
+    outcomes = []
+    for job, (run, _) in zip(jobs, runs):
+        try:
+            error = job.result()
+        except Exception as failure:  # the job itself failed (timeout, node failure, ...)
+            error = f"Slurm job {job.job_id}: {str(failure).strip().splitlines()[-1]}"
+        # seconds: from the submission until the job is known to be done (queueing included)
+        outcomes.append(report(Outcome(run, error is None, error or "trained", time.perf_counter() - submitted)))
+    return outcomes
+
+
+def launch(runs: Sequence[RunSpec], out_dir: Path, launcher: str = "local", jobs: int = 1,
+           slurm: SlurmOptions = SlurmOptions(), log: Callable[[str], None] = print) -> List[Outcome]:
+    """Train the runs of ``runs`` not finished yet, each in ``out_dir / run.folder``.
+
+    ``launcher``: ``'local'`` (``jobs`` subprocesses at a time, spread over the
+    visible GPUs), ``'inline'`` (in this process, one at a time: for debugging)
+    or ``'slurm'`` (one submitit job per run; waits for all). Returns one
+    :class:`Outcome` per run, finished ones included; ``log`` gets one line per run.
+    """
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    outcomes, todo = [], []
+    for run in runs:
+        run_dir = out_dir / run.folder
+        parse_flags(run, run_dir)  # a flag a script rejects is a bug of the plan: stop before any run
+        state = run_state(run_dir)
+        mismatch = config_mismatch(run, run_dir) if state != FRESH else None
+        if mismatch:
+            outcomes.append(Outcome(run, False, mismatch))
+            log(f"skipped {run.folder}: {mismatch}")
+        elif state == FINISHED:
+            outcomes.append(Outcome(run, True, "finished before"))
+        else:
+            if state == FRESH:  # files of a run killed before its first checkpoint: start again
+                for name in STALE_FILES:
+                    (run_dir / name).unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            todo.append((run, state == RESUME))
+    finished = sum(o.ok for o in outcomes)
+    log(f"{len(runs)} runs: {finished} finished before, {len(todo)} to train"
+        + (f" ({launcher}, {jobs} at a time)" if todo and launcher == "local" else f" ({launcher})" if todo else "")
+        + (f", {len(outcomes) - finished} skipped" if len(outcomes) > finished else ""))
+    done = [0]
+
+    def report(outcome: Outcome) -> Outcome:
+        done[0] += 1
+        status = "done" if outcome.ok else f"FAILED ({outcome.message})"
+        log(f"[{done[0]}/{len(todo)}] {outcome.run.folder}: {status} in {outcome.seconds:.0f} s")
+        return outcome
+
+    if todo:
+        if launcher == "inline":
+            outcomes += _run_inline(todo, out_dir, report)
+        elif launcher == "slurm":
+            outcomes += _run_slurm(todo, out_dir, slurm, report)
+        else:
+            outcomes += _run_local(todo, out_dir, jobs, report)
+    return outcomes

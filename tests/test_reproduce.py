@@ -1,0 +1,226 @@
+"""End-to-end tests of reproduce.py: the quick profile shrunk to seconds (the character LSTM,
+one seed, one epoch of a few batches), resume, failures, the launchers and the command line."""
+import dataclasses
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import main_rnn
+import reproduce
+from reproduce_lib import figures
+from reproduce_lib import launch as launch_module
+from reproduce_lib.experiments import EXPERIMENTS, width_rows
+from reproduce_lib.launch import LaunchError, SlurmOptions, launch, thread_env
+from reproduce_lib.outputs import Provenance, git_commit
+from reproduce_lib.plan import Plan, adam
+from reproduce_lib.protocol import PROFILES, SGD_RATES, TriangleSetting
+
+SHRUNK = ["--profile", "quick", "--models", "LSTM", "--seeds", "0", "--epochs", "1", "--dry_run"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def reproduce_main(tmp, *argv):
+    args = reproduce.build_parser().parse_args(
+        [*argv, *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "results")])
+    return reproduce.main(args)
+
+
+def summary(run_dir):
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """table1 and curves of the shrunk quick profile, in process; the triangle on a 2-end grid."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    small = dataclasses.replace(PROFILES["quick"], triangle=TriangleSetting("LSTM", (-2, 0), epochs=1, n_seeds=1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(PROFILES, "quick", small)
+        status = reproduce_main(tmp, "table1", "curves", "triangle", "--launcher", "inline")
+    return tmp, status
+
+
+def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
+    tmp, status = sweep
+    assert status == 0
+    results = tmp / "results"
+    assert sorted(p.name for p in results.iterdir()) == [
+        "curves_LSTM.png", "posterior_LSTM.png", "table1.json", "table1.md", "triangle_LSTM.json",
+        "triangle_LSTM.png"]
+    for png in results.glob("*.png"):
+        assert png.read_bytes().startswith(PNG)
+    assert not list(results.glob(".*"))  # no temporary file left behind
+
+
+def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
+    tmp, _ = sweep
+    runs = tmp / "runs" / "LSTM" / "pydoc-1ep-dry"
+    sgd = {lr: summary(runs / f"sgd-lr{lr:g}" / "seed0") for lr in SGD_RATES}
+    best_lr = min(SGD_RATES, key=lambda lr: sgd[lr]["valid_loss"] if sgd[lr]["valid_loss"] is not None else math.inf)
+    expected = {"SGD": sgd[best_lr], "Adam": summary(runs / "adam" / "seed0"),
+                "Alrao": summary(runs / "alrao-sgd-0.001-100-x6" / "seed0")}
+    table = json.loads((tmp / "results" / "table1.json").read_text())
+    assert table["profile"] == "quick" and table["seeds"] == "0" and table["commit"] == git_commit()
+    (row,) = table["rows"]
+    assert row["model"] == "LSTM" and row["loss_unit"] == "bits/char" and row["comparable"] is False
+    assert row["cells"]["SGD"]["lr"] == best_lr
+    markdown = (tmp / "results" / "table1.md").read_text()
+    assert f"profile quick · seeds 0 · commit {git_commit()}" in markdown
+    ours = next(line for line in markdown.splitlines() if "| ours |" in line)
+    for column, run in expected.items():
+        cell = row["cells"][column]
+        assert cell["loss"]["mean"] == run["test_bpc"] and cell["loss"]["n"] == 1  # bits per character
+        assert cell["top1"]["mean"] == pytest.approx(100 * run["test_acc"])
+        assert f"| {run['test_bpc']:.3f} | {100 * run['test_acc']:.1f} |" in ours
+
+
+def test_the_triangle_has_sgd_on_the_diagonal_and_alrao_above(sweep):
+    tmp, _ = sweep
+    triangle = json.loads((tmp / "results" / "triangle_LSTM.json").read_text())
+    runs = tmp / "runs" / "LSTM" / "pydoc-1ep-noES-dry"
+    assert sorted(p.name for p in runs.iterdir()) == ["alrao-sgd-0.01-1-x6", "sgd-lr0.01", "sgd-lr1"]
+    last = [json.loads(line) for line in (runs / "alrao-sgd-0.01-1-x6" / "seed0" / "metrics.jsonl").open()][-1]
+    test = triangle["rows_min_lr_cols_max_lr"]["test"]
+    assert test[0][1] == last["test_bpc"] and test[1][0] is None  # only min_lr <= max_lr
+    assert json.loads((runs / "sgd-lr1" / "seed0" / "config.json").read_text())["args"]["early_stopping"] is False
+
+
+def test_a_second_sweep_trains_nothing_and_an_interrupted_run_is_resumed(sweep, capsys):
+    tmp, _ = sweep
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    runs = EXPERIMENTS["table1"].runs(plan)
+    partial = tmp / "runs" / runs[0].folder
+    (partial / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = {run.folder: (tmp / "runs" / run.folder / "metrics.jsonl").read_text() for run in runs}
+    outcomes = launch(runs, tmp / "runs", launcher="inline")
+    assert all(o.ok for o in outcomes)
+    assert sorted(o.message for o in outcomes) == ["finished before"] * 8 + ["trained"]
+    assert summary(partial)["status"] == "completed"
+    assert "9 runs: 8 finished before, 1 to train" in capsys.readouterr().out
+    assert before == {run.folder: (tmp / "runs" / run.folder / "metrics.jsonl").read_text() for run in runs}
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    real_main = main_rnn.main
+
+    def main_failing_for_seed_1(args):
+        if args.seed == 1:
+            raise RuntimeError("out of memory")
+        return real_main(args)
+
+    monkeypatch.setattr(main_rnn, "main", main_failing_for_seed_1)
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0, 1), epochs=1, dry_run=True)
+    runs = [plan.run("LSTM", adam(), seed) for seed in (0, 1, 2)]
+    outcomes = launch(runs, tmp_path, launcher="inline")
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].message == "RuntimeError: out of memory"
+    assert "[2/3] LSTM/pydoc-1ep-dry/adam/seed1: FAILED (RuntimeError: out of memory)" in capsys.readouterr().out
+
+
+def test_a_folder_holding_another_run_is_reported_not_overwritten(tmp_path):
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    run = plan.run("LSTM", adam(), 0)
+    (outcome,) = launch([run], tmp_path, launcher="inline")
+    config = tmp_path / run.folder / "config.json"
+    saved = json.loads(config.read_text())
+    saved["args"]["bptt"] = 35
+    config.write_text(json.dumps(saved))
+    (outcome,) = launch([run], tmp_path, launcher="inline")
+    assert not outcome.ok and "holds another run (--bptt 35, wanted 70)" in outcome.message
+
+
+def test_the_local_launcher_runs_the_scripts_as_subprocesses_and_reports_their_errors(tmp_path):
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    good, broken = plan.run("LSTM", adam(), 0), plan.run("LSTM", adam(), 1)
+    (tmp_path / broken.folder).mkdir(parents=True)
+    (tmp_path / broken.folder / "checkpoint.pt").write_bytes(b"not a checkpoint")  # resumed, and rejected
+    outcomes = {o.run.seed: o for o in launch([good, broken], tmp_path, launcher="local", jobs=2)}
+    assert outcomes[0].ok and summary(tmp_path / good.folder)["status"] == "completed"
+    log = (tmp_path / good.folder / "reproduce.log").read_text()
+    assert "main_rnn.py --dataset pydoc" in log and "completed after 1 epoch" in log  # the run's own output
+    assert not outcomes[1].ok
+    assert "exit status 2: main_rnn.py: error: --resume: cannot read" in outcomes[1].message
+
+
+def test_the_slurm_launcher_runs_jobs_through_submitit(tmp_path):
+    pytest.importorskip("submitit")
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    run = plan.run("LSTM", adam(), 0)
+    (outcome,) = launch([run], tmp_path, launcher="slurm",
+                        slurm=SlurmOptions(cluster="local", gpus_per_job=0, cpus_per_job=1, timeout_min=5))
+    assert outcome.ok, outcome.message
+    assert summary(tmp_path / run.folder)["status"] == "completed"
+
+
+def test_the_slurm_launcher_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "submitit", None)  # import submitit -> ImportError
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    with pytest.raises(LaunchError, match="pip install submitit"):
+        launch([plan.run("LSTM", adam(), 0)], tmp_path, launcher="slurm")
+
+
+def test_concurrent_local_runs_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch_module.os, "cpu_count", lambda: 8)
+    assert thread_env(4) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert thread_env(16)["OMP_NUM_THREADS"] == "1" and thread_env(1) == {}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_env(4) == {}  # the user's choice wins
+
+
+def test_diverged_runs_are_marked_in_the_learning_curves_not_dropped(tmp_path):
+    fine = [{"epoch": 1, "train_loss": 2.0, "test_loss": 2.1}, {"epoch": 2, "train_loss": 1.0, "test_loss": 1.2}]
+    at_once = [{"epoch": 1, "train_loss": None, "test_loss": None, "diverged": True}]  # no finite value at all
+    later = fine[:1] + [{"epoch": 2, "train_loss": None, "test_loss": None, "diverged": True}]
+    curves = [figures.Curve("SGD lr 1e-2", "sgd", fine, False, 0.01),
+              figures.Curve("SGD lr 10", "sgd", at_once, True, 10),
+              figures.Curve("SGD lr 1", "sgd", later, True, 1.0),
+              figures.Curve("Alrao", "alrao", fine, False)]
+    assert [figures.curve_label(c) for c in curves] == [
+        "SGD lr 1e-2", "SGD lr 10 (diverged, epoch 1)", "SGD lr 1 (diverged, epoch 2)", "Alrao"]
+    path = figures.learning_curves("t", curves, "loss", "nats", Provenance("quick", "0", "abc", "cmd"),
+                                   tmp_path / "curves.png")
+    assert path.read_bytes().startswith(PNG)
+
+
+def test_width_rows_are_adam_and_alrao_on_cnns_three_times_wider():
+    plan = Plan(PROFILES["quick"], models=("VGG19", "LSTM"), seeds=(0,))
+    (row,) = width_rows(plan)
+    runs = plan.row_runs(row)
+    assert [r.method.name for r in runs] == ["adam", "alrao-sgd-1e-05-10-x10"]
+    for run in runs:
+        assert run.flags[run.flags.index("--size_multiplier") + 1] == "0.75"
+        assert run.folder.startswith("VGG19-x0.75/digits-5ep/")
+
+
+def test_the_paper_profile_runs_the_published_protocol():
+    plan = Plan(PROFILES["paper"])
+    runs = EXPERIMENTS["table1"].runs(plan)
+    assert len(runs) == 3 * 9 * 10 + 9 * 5  # 3 CNNs and the LSTM; 7 SGD rates, Adam, Alrao; 10 and 5 seeds
+    lstm_alrao = next(r for r in runs if r.model == "LSTM" and r.method.name.startswith("alrao"))
+    args = main_rnn.build_parser().parse_args([*lstm_alrao.flags, "--out_dir", "x"])
+    assert (args.dataset, args.char_prediction, args.bptt, args.epochs) == ("ptb", True, 70, 300)
+    assert (args.minLR, args.maxLR, args.n_last_layers, args.batch_size, args.nhid) == (-3, 2, 6, 20, 100)
+    assert len(EXPERIMENTS["triangle"].runs(plan)) == 55  # both ends in {1e-7, ..., 1e2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["table1", "--launcher", "inline", "--jobs", "2"], "--jobs 2 is used only with --launcher local"),
+    (["table1", "--models", "LSTM", "--dataset", "digits"], "--dataset digits is an image data set"),
+    (["table1", "--seeds", "0", "0"], "--seeds 0 0 repeats a seed"),
+    (["table1", "--slurm_partition", "gpu"], "--slurm_partition gpu is used only with --launcher slurm"),
+    (["figure9"], "invalid choice: 'figure9'"),
+])
+def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.build_parser().parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_commit_is_unknown_outside_a_repository(tmp_path):
+    assert git_commit(tmp_path) == "unknown"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit().split("+")[0] == head
