@@ -32,6 +32,7 @@ import torch
 from .baselines import OptimizerHooks
 from .early_stopping import EarlyStopping
 from .files import atomic_torch_save, write_json, write_jsonl
+from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
 from .runtime import rng_state, set_rng_state
 
@@ -168,7 +169,7 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / CONFIG, {
             "script": self.prog, "args": vars(self.args), **facts,
-            "python": platform.python_version(), "torch": torch.__version__,
+            "python": platform.python_version(), "torch": torch.__version__, "commit": git_commit(),
         })
         checkpoint = self._resumed
         if checkpoint is None:
