@@ -132,6 +132,9 @@ def main(args) -> int:
     out_dir, results_dir = Path(args.out_dir), Path(args.results_dir)
     runs = unique(run for name in args.experiments for run in EXPERIMENTS[name].runs(plan))
     print(f"{', '.join(args.experiments)}, profile {args.profile}: {len(runs)} runs in {out_dir}")
+    for name in args.experiments:
+        for warning in EXPERIMENTS[name].warnings():
+            print(f"{name}: {warning}")
     failed = []
     if not args.collect_only:
         slurm = SlurmOptions(**{field: value for field, value in (

@@ -99,7 +99,8 @@ class Cell:
     seed); ``missing``: not finished; ``diverged``: diverged at some epoch;
     ``no_result``: finished without a finite validation loss (not in the mean).
     ``validation``: the mean validation loss of every candidate (``None``:
-    none finite); ``finished``: finished runs over all candidates.
+    none finite); ``finished``: finished runs over all candidates, of ``candidate_runs``
+    (when fewer, a tuned column's choice was made among the finished ones only).
     """
 
     title: str
@@ -114,6 +115,12 @@ class Cell:
     validation: Dict[str, Optional[float]]
     finished: int
     runs: List[dict]
+    candidate_runs: int = 0
+
+    @property
+    def choice_incomplete(self) -> bool:
+        """A tuned column whose choice did not see every candidate's runs."""
+        return len(self.validation) > 1 and self.finished < self.candidate_runs
 
 
 def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResult]]], loss_key: str) -> Cell:
@@ -135,6 +142,7 @@ def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResul
         diverged=sum(bool(r.summary.get("diverged")) for r in finished),
         no_result=len(finished) - len(with_result), validation=validation,
         finished=sum(r is not None for rs in candidates.values() for r in rs),
+        candidate_runs=sum(len(rs) for rs in candidates.values()),
         runs=[{"folder": r.folder, "status": r.summary.get("status"), "diverged": bool(r.summary.get("diverged")),
                "best_epoch": r.summary.get("best_epoch"), "valid_loss": r.summary.get("valid_loss"),
                "loss": r.summary.get(loss_key), "top1": 100 * r.summary["test_acc"]

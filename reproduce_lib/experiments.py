@@ -1,16 +1,10 @@
 """The experiments of the paper: for each, the runs it needs and the files it writes from them.
 
-An experiment is one :class:`Experiment` in :data:`EXPERIMENTS`. A table of
-other optimizers beside the paper's three columns is a few lines, e.g. for an
-``--optimizer Prodigy`` of the scripts (a column of several methods is tuned
-on validation, like SGD's rate)::
-
-    def baselines_rows(plan):
-        prodigy = Column("Prodigy", (Method("prodigy", ("--optimizer", "Prodigy", "--lr", "1")),))
-        return [Row(m, 1, table1_columns(m) + (prodigy,)) for m in plan.models_or(plan.profile.table1_models)]
-
-    EXPERIMENTS["baselines"] = Experiment("SGD, Adam, Alrao and Prodigy", rows_runs(baselines_rows),
-                                          table_report(baselines_rows, "baselines", "Baselines"))
+An experiment is one :class:`Experiment` in :data:`EXPERIMENTS`: the runs it
+needs (a function of the :class:`Plan`) and a report writing its files from
+whichever of those runs have finished. Experiments needing the same run share
+its folder (``table1``, ``curves`` and ``baselines`` share the SGD, Adam and
+Alrao runs).
 """
 import math
 from dataclasses import dataclass
@@ -20,11 +14,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import figures
-from .aggregate import load_result, row_result
+from .aggregate import RowResult, load_result, row_result
 from .outputs import Provenance, format_seeds, seeds_text, write_json
-from .plan import Plan, Row, RunSpec, alrao_sgd, sgd, table1_columns, unique, width_columns
+from experiment import OPTIMIZERS
+from experiment.baselines import MissingPackage, import_baseline
+
+from .plan import Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
 from .protocol import ALRAO_CNN, ALRAO_LSTM, WIDTH_FACTOR, AlraoSetting, is_lstm
-from .tables import display_name, format_rate, write_table1
+from .tables import common_notes, display_name, format_rate, json_table1, markdown_by_method, write_table, write_table1
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,7 @@ class Experiment:
     help: str
     runs: Callable[[Plan], List[RunSpec]]
     report: Callable[[Context], List[Path]]
+    warnings: Callable[[], List[str]] = lambda: []  # what it leaves out and why, said before running
 
 
 # ------------------------------------------------------------------ Table 1
@@ -72,18 +70,25 @@ def table1_and_width_rows(plan: Plan) -> List[Row]:
     return [r for row in table1_rows(plan) for r in (row, width.get(row.model)) if r is not None]
 
 
-def table_report(rows: Callable[[Plan], List[Row]], stem: str, title: str) -> Callable[[Context], List[Path]]:
-    """A report writing ``<stem>.md`` / ``<stem>.json`` from the rows that have finished runs."""
+#: ``write(rows, provenance, context) -> paths``: a table's files from its rows' results.
+TableWriter = Callable[[List[RowResult], Provenance, Context], List[Path]]
+
+
+def table_report(rows: Callable[[Plan], List[Row]], stem: str, write: TableWriter) -> Callable[[Context], List[Path]]:
+    """A report writing a table (``<stem>`` in messages) from the rows that have finished runs."""
     def report(context: Context) -> List[Path]:
         results = [row_result(context.plan, row, context.out_dir) for row in rows(context.plan)]
         results = [r for r in results if r.has_runs]
         if not results:
             print(f"{stem}: no finished run in {context.out_dir}: nothing to write")
             return []
-        provenance = context.provenance([r.row.model for r in results])
-        return write_table1(results, provenance, context.plan.profile.size_multiplier, context.results_dir,
-                            str(context.out_dir), stem=stem, title=title)
+        return write(results, context.provenance([r.row.model for r in results]), context)
     return report
+
+
+def write_table1_files(rows: List[RowResult], provenance: Provenance, context: Context) -> List[Path]:
+    return write_table1(rows, provenance, context.plan.profile.size_multiplier, context.results_dir,
+                        str(context.out_dir))
 
 
 # ---------------------------------------------------------- learning curves
@@ -210,7 +215,56 @@ def triangle_report(context: Context) -> List[Path]:
     return written
 
 
-TABLE1_REPORT = table_report(table1_and_width_rows, "table1", "Table 1")
+# ---------------------------------------------------------------- baselines
+#: The runner's tuning-free optimizers (``--optimizer``), run under Table 1's protocol.
+BASELINES = ("AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree")
+
+
+def missing_baselines() -> Dict[str, str]:
+    """The baselines whose optional package is not installed, each with the error naming its pip command."""
+    missing = {}
+    for name in BASELINES:
+        if OPTIMIZERS[name].package is not None:
+            try:
+                import_baseline(*OPTIMIZERS[name].package, name)
+            except MissingPackage as error:
+                missing[name] = str(error)
+    return missing
+
+
+def baselines_rows(plan: Plan) -> List[Row]:
+    """Table 1's rows (width 1) with a column per installed baseline after SGD, Adam and Alrao."""
+    missing = missing_baselines()
+    extra = baseline_columns(name for name in BASELINES if name not in missing)
+    return [Row(m, 1, table1_columns(m) + extra) for m in plan.models_or(plan.profile.table1_models)]
+
+
+def baselines_notes(missing: Dict[str, str], runs_dir: Path) -> List[str]:
+    settings = ", ".join(f"{name} {OPTIMIZERS[name].default_lr:g}" for name in BASELINES)
+    notes = [*common_notes(),
+             "Baselines: the tuning-free optimizers of `--optimizer`, each as its authors document it, "
+             f"without `--lr` (its default, the authors' value: {settings}; the max_lr of AliG, a multiplier of "
+             "the adapted step size for Prodigy, D-Adaptation and DoG, the learning rate of Schedule-Free), no "
+             "schedule, no warmup; DoG/LDoG evaluated at their averaged iterate, Schedule-Free at its "
+             "evaluation point (see README, `--optimizer`).",
+             "The paper's numbers for SGD, Adam and Alrao are beside ours in table1.md."]
+    notes += [f"Not run: {message}" for message in missing.values()]
+    return notes + [f"Runs: `{runs_dir}`."]
+
+
+def write_baselines_files(rows: List[RowResult], provenance: Provenance, context: Context) -> List[Path]:
+    """``baselines.md`` (one row per method, a column pair per model) and ``baselines.json``."""
+    width = context.plan.profile.size_multiplier
+    markdown = markdown_by_method(rows, provenance, width, "Tuning-free baselines beside Table 1",
+                                  baselines_notes(missing_baselines(), context.out_dir))
+    return write_table(context.results_dir, "baselines", markdown, json_table1(rows, provenance, width))
+
+
+def baselines_warnings() -> List[str]:
+    return [f"left out: {message}" for message in missing_baselines().values()]
+
+
+TABLE1_REPORT = table_report(table1_and_width_rows, "table1", write_table1_files)
 
 EXPERIMENTS: Dict[str, Experiment] = {
     "table1": Experiment("Table 1: SGD at every rate of the grid (best on validation), Adam, Alrao-SGD; "
@@ -223,4 +277,8 @@ EXPERIMENTS: Dict[str, Experiment] = {
                          curves_runs, curves_report),
     "triangle": Experiment("Alrao for every interval of a grid, plain SGD on the diagonal, without early "
                            "stopping: triangle_<model>.png/.json", triangle_runs, triangle_report),
+    "baselines": Experiment("Table 1's rows with the tuning-free optimizers (AliG, Prodigy, D-Adaptation, DoG, "
+                            "Schedule-Free) beside SGD, Adam and Alrao: baselines.md/.json",
+                            rows_runs(baselines_rows), table_report(baselines_rows, "baselines", write_baselines_files),
+                            baselines_warnings),
 }

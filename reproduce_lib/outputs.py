@@ -1,35 +1,18 @@
 """What every table and figure carries (profile, seeds, commit) and atomic writes of result files."""
 import math
-import os
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from experiment.files import atomic_write_text, write_json
+from experiment.files import atomic_write_bytes, atomic_write_text, write_json
+from experiment.provenance import git_commit
 
 from .plan import Plan
 from .protocol import is_lstm
-
-REPO = Path(__file__).resolve().parent.parent
 
 DASH = "–"  # an empty cell
 
 __all__ = ["Provenance", "git_commit", "format_rate", "format_seeds", "seeds_text",
            "atomic_write_bytes", "atomic_write_text", "write_json"]
-
-
-def git_commit(repo: Path = REPO) -> str:
-    """The short hash of the code's commit, with ``+changes`` when tracked files differ from it;
-    ``'unknown'`` outside a git repository (or without git)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
 
 
 def format_rate(lr: Optional[float]) -> str:
@@ -84,18 +67,3 @@ class Provenance:
 
     def as_dict(self) -> dict:
         return {"profile": self.profile, "seeds": self.seeds, "commit": self.commit, "command": self.command}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

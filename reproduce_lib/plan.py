@@ -49,6 +49,12 @@ def adam() -> Method:
     return Method("adam", ("--optimizer", "Adam", "--lr", fmt(ADAM_LR)))
 
 
+def baseline(optimizer: str) -> Method:
+    """A tuning-free optimizer of the runner (``--optimizer``) as its authors use it: without
+    ``--lr``, so that the script's default, the authors' value, is used."""
+    return Method(optimizer.lower(), ("--optimizer", optimizer))
+
+
 def alrao_sgd(setting: AlraoSetting) -> Method:
     """Alrao-SGD on the interval and with the copies of ``setting``."""
     low, high = 10.0 ** setting.min_lr_log10, 10.0 ** setting.max_lr_log10
@@ -75,6 +81,11 @@ def table1_columns(model: str) -> Tuple[Column, ...]:
     return (Column("SGD", tuple(sgd(lr) for lr in SGD_RATES)),
             Column("Adam", (adam(),)),
             Column("Alrao", (alrao_sgd(ALRAO_LSTM if is_lstm(model) else ALRAO_CNN),)))
+
+
+def baseline_columns(optimizers: Iterable[str]) -> Tuple[Column, ...]:
+    """One column per tuning-free optimizer, each run once per seed with its defaults."""
+    return tuple(Column(name, (baseline(name),)) for name in optimizers)
 
 
 def width_columns(model: str) -> Tuple[Column, ...]:

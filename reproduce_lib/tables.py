@@ -19,8 +19,9 @@ def loss_decimals(row: RowResult) -> int:
 
 
 def cell_notes(cell: Cell) -> str:
-    """Marks after a cell's numbers: ``†`` some runs diverged; ``(n=k/m)`` only k of m runs have a result."""
-    marks = " †" if cell.diverged else ""
+    """Marks after a cell's numbers: ``†`` some runs diverged; ``‡`` the rate was chosen among the
+    finished runs only; ``(n=k/m)`` only k of m runs have a result."""
+    marks = (" †" if cell.diverged else "") + (" ‡" if cell.choice_incomplete else "")
     n = cell.loss.n if cell.loss else 0
     if cell.method is not None and n < cell.expected:
         marks += f" (n={n}/{cell.expected})"
@@ -96,9 +97,10 @@ def markdown_table1(rows: Sequence[RowResult], provenance: Provenance, base_widt
     return "\n".join(lines) + "\n"
 
 
-def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> List[str]:
+def common_notes() -> List[str]:
+    """What every table's cells are: metrics, the paper's three methods, the marks."""
     grid = ", ".join(format_rate(lr) for lr in SGD_RATES)
-    notes = [
+    return [
         "Each run is evaluated on test at its epoch of best validation loss; a cell is the mean ± sample "
         "standard deviation over seeds. Loss: negative log-likelihood in nats (LSTM: bits per character); "
         "top-1: accuracy in %.",
@@ -106,9 +108,13 @@ def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> L
         "Adam: default hyper-parameters. Alrao: Alrao-SGD with the paper's interval and copies.",
         "† some runs of the cell diverged; they count with their best epoch before diverging. "
         "(n=k/m): k of the m runs have a result (the others failed, are not finished, or never had "
-        "a finite validation loss).",
-        f"Paper: {PAPER_SOURCE} (CIFAR-10 at width 1 and 3; PTB at character level).",
+        "a finite validation loss). ‡ not every rate of the grid has finished all its runs: the rate "
+        "was chosen among those that have.",
     ]
+
+
+def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> List[str]:
+    notes = [*common_notes(), f"Paper: {PAPER_SOURCE} (CIFAR-10 at width 1 and 3; PTB at character level)."]
     if any(row.paper and not row.comparable for row in rows):
         notes.append("The paper's numbers are for its data and widths; rows on other data or widths show "
                      "them for reference, without a difference.")
@@ -131,7 +137,8 @@ def json_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: f
             cells[cell.title] = {
                 "method": cell.method, "lr": cell.lr, "loss": _stat(cell.loss), "top1": _stat(cell.top1),
                 "expected": cell.expected, "missing": cell.missing, "diverged": cell.diverged,
-                "no_result": cell.no_result, "validation_loss_by_method": cell.validation, "runs": cell.runs,
+                "no_result": cell.no_result, "choice_incomplete": cell.choice_incomplete,
+                "validation_loss_by_method": cell.validation, "runs": cell.runs,
                 "paper": None if published is None else {"loss": list(published.loss), "top1": list(published.top1),
                                                          "lr": published.lr},
                 "difference": None if not (published and row.comparable) else {
@@ -145,11 +152,42 @@ def json_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: f
     return out
 
 
-def write_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: float, results_dir: Path,
-                 runs_dir: str, stem: str = "table1", title: str = "Table 1") -> List[Path]:
+def write_table(results_dir: Path, stem: str, markdown: str, numbers: dict) -> List[Path]:
     """Write ``<stem>.md`` and ``<stem>.json`` into ``results_dir`` (atomically); returns their paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
     md, js = results_dir / f"{stem}.md", results_dir / f"{stem}.json"
-    atomic_write_text(md, markdown_table1(rows, provenance, base_width, runs_dir, title))
-    write_json(js, json_table1(rows, provenance, base_width))
+    atomic_write_text(md, markdown)
+    write_json(js, numbers)
     return [md, js]
+
+
+def write_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: float, results_dir: Path,
+                 runs_dir: str, stem: str = "table1", title: str = "Table 1") -> List[Path]:
+    """Table 1 (one row per model, the paper's beside ours) as ``<stem>.md`` and ``<stem>.json``."""
+    return write_table(results_dir, stem, markdown_table1(rows, provenance, base_width, runs_dir, title),
+                       json_table1(rows, provenance, base_width))
+
+
+# ------------------------------------------------------------------ baselines
+def markdown_by_method(rows: Sequence[RowResult], provenance: Provenance, base_width: float, title: str,
+                       notes: Sequence[str]) -> str:
+    """One row per method (column pairs of ``rows``), one column pair (loss, top-1) per model:
+    the layout for many methods on few models. A tuned column's cells say the rate chosen."""
+    header = ["Method"]
+    for row in rows:
+        header += [f"{row_name(row, base_width)} loss", "top-1"]
+    lines = [f"# {title}: test loss and top-1 accuracy at the epoch of best validation loss", "",
+             f"{provenance.line()} · `{provenance.command}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, tuned in column_titles(rows):
+        line = [f"{name} (best lr on validation)" if tuned else name]
+        for row in rows:
+            cell = next((c for c in row.cells if c.title == name), None)
+            if cell is None:
+                line += [DASH, DASH]
+                continue
+            marks = cell_notes(cell) + (f" (lr {format_rate(cell.lr)})" if tuned and cell.lr is not None else "")
+            line += [format_stat(cell.loss, loss_decimals(row)) + marks, format_stat(cell.top1, 1) + cell_notes(cell)]
+        lines.append("| " + " | ".join(line) + " |")
+    lines += ["", *("- " + note for note in notes)]
+    return "\n".join(lines) + "\n"

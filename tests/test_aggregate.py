@@ -69,6 +69,14 @@ def test_a_cell_counts_missing_runs_and_runs_without_a_finite_validation_loss():
     assert (cell.expected, cell.missing, cell.diverged, cell.no_result) == (3, 1, 1, 1)
 
 
+def test_a_rate_chosen_before_every_rate_finished_is_flagged():
+    column = Column("SGD", (sgd(0.01), sgd(0.1)))
+    complete = column_cell(column, {"sgd-lr0.01": [result(0.9)], "sgd-lr0.1": [result(0.5)]}, "test_loss")
+    partial = column_cell(column, {"sgd-lr0.01": [None], "sgd-lr0.1": [result(0.5)]}, "test_loss")
+    assert not complete.choice_incomplete and partial.choice_incomplete
+    assert not column_cell(Column("Adam", (adam(),)), {"adam": [None]}, "test_loss").choice_incomplete
+
+
 def test_a_column_without_any_finished_run_has_no_numbers():
     cell = column_cell(table1_columns("VGG19")[0], {}, "test_loss")
     assert cell.method is None and cell.loss is None and cell.top1 is None and cell.finished == 0
@@ -104,7 +112,7 @@ def test_the_markdown_table_puts_ours_the_paper_and_the_difference_side_by_side(
     lines = text.splitlines()
     assert "profile paper · seeds 0-2 · commit abc1234" in lines[2]
     assert lines[4] == "| Model |  | SGD best lr | SGD loss | SGD top-1 |"
-    assert lines[6] == "| CIFAR-10 VGG19 | ours | 1e-1 | 0.45 ± 0.07 † (n=2/3) | 85.0 ± 7.1 † (n=2/3) |"
+    assert lines[6] == "| CIFAR-10 VGG19 | ours | 1e-1 | 0.45 ± 0.07 † ‡ (n=2/3) | 85.0 ± 7.1 † ‡ (n=2/3) |"
     assert lines[7] == "|  | paper (CIFAR-10) | 1e-1 | 0.42 ± 0.02 | 89.5 ± 0.2 |"
     assert lines[8] == "|  | ours − paper |  | +0.03 | -4.5 |"
     table = json_table1([_row(True)], provenance, 1)

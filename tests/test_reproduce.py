@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import main_rnn
 import reproduce
 from reproduce_lib import figures
 from reproduce_lib import launch as launch_module
-from reproduce_lib.experiments import EXPERIMENTS, width_rows
+from experiment import OPTIMIZERS
+from reproduce_lib.experiments import BASELINES, EXPERIMENTS, missing_baselines, width_rows
 from reproduce_lib.launch import LaunchError, SlurmOptions, launch, thread_env
 from reproduce_lib.outputs import Provenance, git_commit
 from reproduce_lib.plan import Plan, adam
@@ -34,12 +36,12 @@ def summary(run_dir):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """table1 and curves of the shrunk quick profile, in process; the triangle on a 2-end grid."""
+    """table1, curves and baselines of the shrunk quick profile, in process; the triangle on a 2-end grid."""
     tmp = tmp_path_factory.mktemp("sweep")
     small = dataclasses.replace(PROFILES["quick"], triangle=TriangleSetting("LSTM", (-2, 0), epochs=1, n_seeds=1))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(PROFILES, "quick", small)
-        status = reproduce_main(tmp, "table1", "curves", "triangle", "--launcher", "inline")
+        status = reproduce_main(tmp, "table1", "curves", "triangle", "baselines", "--launcher", "inline")
     return tmp, status
 
 
@@ -48,8 +50,8 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
     assert status == 0
     results = tmp / "results"
     assert sorted(p.name for p in results.iterdir()) == [
-        "curves_LSTM.png", "posterior_LSTM.png", "table1.json", "table1.md", "triangle_LSTM.json",
-        "triangle_LSTM.png"]
+        "baselines.json", "baselines.md", "curves_LSTM.png", "posterior_LSTM.png", "table1.json", "table1.md",
+        "triangle_LSTM.json", "triangle_LSTM.png"]
     for png in results.glob("*.png"):
         assert png.read_bytes().startswith(PNG)
     assert not list(results.glob(".*"))  # no temporary file left behind
@@ -64,6 +66,7 @@ def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
                 "Alrao": summary(runs / "alrao-sgd-0.001-100-x6" / "seed0")}
     table = json.loads((tmp / "results" / "table1.json").read_text())
     assert table["profile"] == "quick" and table["seeds"] == "0" and table["commit"] == git_commit()
+    assert json.loads((runs / "adam" / "seed0" / "config.json").read_text())["commit"] == git_commit()
     (row,) = table["rows"]
     assert row["model"] == "LSTM" and row["loss_unit"] == "bits/char" and row["comparable"] is False
     assert row["cells"]["SGD"]["lr"] == best_lr
@@ -75,6 +78,40 @@ def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
         assert cell["loss"]["mean"] == run["test_bpc"] and cell["loss"]["n"] == 1  # bits per character
         assert cell["top1"]["mean"] == pytest.approx(100 * run["test_acc"])
         assert f"| {run['test_bpc']:.3f} | {100 * run['test_acc']:.1f} |" in ours
+
+
+def test_the_baselines_run_with_their_authors_defaults_and_get_a_row_each(sweep):
+    tmp, _ = sweep
+    runs = tmp / "runs" / "LSTM" / "pydoc-1ep-dry"
+    table = json.loads((tmp / "results" / "baselines.json").read_text())
+    (row,) = table["rows"]
+    assert list(row["cells"]) == ["SGD", "Adam", "Alrao", *BASELINES]
+    markdown = (tmp / "results" / "baselines.md").read_text()
+    for name in BASELINES:
+        run_dir = runs / name.lower() / "seed0"
+        args = json.loads((run_dir / "config.json").read_text())["args"]
+        assert args["optimizer"] == name and args["lr"] == OPTIMIZERS[name].default_lr  # no --lr given
+        run = summary(run_dir)
+        cell = row["cells"][name]
+        assert cell["loss"]["mean"] == run["test_bpc"] and cell["paper"] is None
+        assert f"| {name} | {run['test_bpc']:.3f} | {100 * run['test_acc']:.1f} |" in markdown
+    # SGD, Adam and Alrao are Table 1's runs, not trained twice
+    assert row["cells"]["Adam"] == json.loads((tmp / "results" / "table1.json").read_text())["rows"][0]["cells"]["Adam"]
+
+
+def test_a_baseline_without_its_package_is_left_out_and_said(sweep, monkeypatch, capsys):
+    tmp, _ = sweep
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import prodigyopt -> ImportError
+    assert "pip install prodigyopt" in missing_baselines()["Prodigy"]
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    assert "prodigy" not in {run.method.name for run in EXPERIMENTS["baselines"].runs(plan)}
+    args = reproduce.build_parser().parse_args(
+        ["baselines", *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "without"),
+         "--collect_only"])
+    assert reproduce.main(args) == 0
+    assert "baselines: left out: --optimizer Prodigy needs the package prodigyopt" in capsys.readouterr().out
+    markdown = (tmp / "without" / "baselines.md").read_text()
+    assert "| Prodigy |" not in markdown and "- Not run: --optimizer Prodigy needs" in markdown
 
 
 def test_the_triangle_has_sgd_on_the_diagonal_and_alrao_above(sweep):
