@@ -23,7 +23,7 @@ from typing import Optional
 
 import data
 import experiment
-from reproduce_lib.experiments import EXPERIMENTS, Context
+from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
 from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch
 from reproduce_lib.outputs import git_commit
 from reproduce_lib.plan import Plan, unique
@@ -53,6 +53,9 @@ def build_parser() -> experiment.ArgumentParser:
     what.add_argument("--dataset", choices=list(DATASETS), default=None,
                       help="data set of the runs that accept it: an image one for the CNNs, a text one for "
                            "the LSTM (default: the profile's)")
+    what.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=None, metavar="OPTIMIZER",
+                      help=f"the baselines experiment runs only these, among {', '.join(BASELINES)} "
+                           "(default: every one whose package is installed)")
     what.add_argument("--dry_run", action="store_true",
                       help="every run with --dry_run: a few batches, to check the whole pipeline in seconds")
 
@@ -96,6 +99,12 @@ def _check(args) -> Optional[str]:
         return "--collect_only trains nothing: it takes no --launcher or --jobs"
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         return f"--seeds {' '.join(map(str, args.seeds))} repeats a seed"
+    if args.baselines is not None:
+        if "baselines" not in args.experiments:
+            return f"--baselines {' '.join(args.baselines)} is used only by the baselines experiment"
+        missing = missing_baselines(args.baselines)
+        if missing:
+            return next(iter(missing.values()))
     if args.dataset is not None and args.models is not None:
         cnn = args.dataset in data.IMAGE_DATASETS
         if not any((m in CNN_MODELS) == cnn for m in args.models):
@@ -111,7 +120,7 @@ def _check(args) -> Optional[str]:
 def command_line(args) -> str:
     """The command that reproduces these results (the flags given, in a canonical order)."""
     words = [PROG, *args.experiments, "--profile", args.profile]
-    for flag in ("models", "seeds"):
+    for flag in ("models", "seeds", "baselines"):
         if getattr(args, flag) is not None:
             words += [f"--{flag}", *map(str, getattr(args, flag))]
     for flag in ("epochs", "dataset"):
@@ -128,12 +137,12 @@ def main(args) -> int:
     start = time.perf_counter()
     plan = Plan(PROFILES[args.profile], models=tuple(args.models) if args.models else None,
                 seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs, dataset=args.dataset,
-                dry_run=args.dry_run)
+                dry_run=args.dry_run, baselines=tuple(args.baselines) if args.baselines else None)
     out_dir, results_dir = Path(args.out_dir), Path(args.results_dir)
     runs = unique(run for name in args.experiments for run in EXPERIMENTS[name].runs(plan))
     print(f"{', '.join(args.experiments)}, profile {args.profile}: {len(runs)} runs in {out_dir}")
     for name in args.experiments:
-        for warning in EXPERIMENTS[name].warnings():
+        for warning in EXPERIMENTS[name].warnings(plan):
             print(f"{name}: {warning}")
     failed = []
     if not args.collect_only:

@@ -9,7 +9,7 @@ Alrao runs).
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class Experiment:
     help: str
     runs: Callable[[Plan], List[RunSpec]]
     report: Callable[[Context], List[Path]]
-    warnings: Callable[[], List[str]] = lambda: []  # what it leaves out and why, said before running
+    warnings: Callable[[Plan], List[str]] = lambda plan: []  # what it leaves out and why, said before running
 
 
 # ------------------------------------------------------------------ Table 1
@@ -220,10 +220,15 @@ def triangle_report(context: Context) -> List[Path]:
 BASELINES = ("AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree")
 
 
-def missing_baselines() -> Dict[str, str]:
-    """The baselines whose optional package is not installed, each with the error naming its pip command."""
+def chosen_baselines(plan: Plan) -> Tuple[str, ...]:
+    return plan.baselines if plan.baselines is not None else BASELINES
+
+
+def missing_baselines(names: Iterable[str] = BASELINES) -> Dict[str, str]:
+    """Those of ``names`` whose optional package is not installed, each with the error naming its
+    pip command."""
     missing = {}
-    for name in BASELINES:
+    for name in names:
         if OPTIMIZERS[name].package is not None:
             try:
                 import_baseline(*OPTIMIZERS[name].package, name)
@@ -234,13 +239,13 @@ def missing_baselines() -> Dict[str, str]:
 
 def baselines_rows(plan: Plan) -> List[Row]:
     """Table 1's rows (width 1) with a column per installed baseline after SGD, Adam and Alrao."""
-    missing = missing_baselines()
-    extra = baseline_columns(name for name in BASELINES if name not in missing)
+    missing = missing_baselines(chosen_baselines(plan))
+    extra = baseline_columns(name for name in chosen_baselines(plan) if name not in missing)
     return [Row(m, 1, table1_columns(m) + extra) for m in plan.models_or(plan.profile.table1_models)]
 
 
-def baselines_notes(missing: Dict[str, str], runs_dir: Path) -> List[str]:
-    settings = ", ".join(f"{name} {OPTIMIZERS[name].default_lr:g}" for name in BASELINES)
+def baselines_notes(names: Sequence[str], missing: Dict[str, str], runs_dir: Path) -> List[str]:
+    settings = ", ".join(f"{name} {OPTIMIZERS[name].default_lr:g}" for name in names)
     notes = [*common_notes(),
              "Baselines: the tuning-free optimizers of `--optimizer`, each as its authors document it, "
              f"without `--lr` (its default, the authors' value: {settings}; the max_lr of AliG, a multiplier of "
@@ -256,12 +261,13 @@ def write_baselines_files(rows: List[RowResult], provenance: Provenance, context
     """``baselines.md`` (one row per method, a column pair per model) and ``baselines.json``."""
     width = context.plan.profile.size_multiplier
     markdown = markdown_by_method(rows, provenance, width, "Tuning-free baselines beside Table 1",
-                                  baselines_notes(missing_baselines(), context.out_dir))
+                                  baselines_notes(chosen_baselines(context.plan),
+                                                  missing_baselines(chosen_baselines(context.plan)), context.out_dir))
     return write_table(context.results_dir, "baselines", markdown, json_table1(rows, provenance, width))
 
 
-def baselines_warnings() -> List[str]:
-    return [f"left out: {message}" for message in missing_baselines().values()]
+def baselines_warnings(plan: Plan) -> List[str]:
+    return [f"left out: {message}" for message in missing_baselines(chosen_baselines(plan)).values()]
 
 
 TABLE1_REPORT = table_report(table1_and_width_rows, "table1", write_table1_files)

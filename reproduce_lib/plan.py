@@ -1,7 +1,7 @@
 """What to run: methods, the rows and columns of a table, and one run's command line and folder.
 
 A :class:`Plan` is a profile narrowed by the command line (``--models``,
-``--seeds``, ``--epochs``, ``--dataset``, ``--dry_run``). It turns a model, a
+``--seeds``, ``--epochs``, ``--dataset``, ``--dry_run``, ``--baselines``). It turns a model, a
 :class:`Method` and a seed into a :class:`RunSpec`: the flags of one
 ``main_cnn.py`` / ``main_rnn.py`` run and the folder it writes, named after
 what it computes, so that two experiments needing the same run share it and a
@@ -125,6 +125,8 @@ class Plan:
     epochs: Optional[int] = None
     dataset: Optional[str] = None
     dry_run: bool = False
+    #: the tuning-free optimizers of the ``baselines`` experiment (``None``: every one)
+    baselines: Optional[Tuple[str, ...]] = None
 
     def models_or(self, default: Iterable[str]) -> Tuple[str, ...]:
         return tuple(self.models) if self.models is not None else tuple(default)

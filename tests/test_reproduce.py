@@ -112,6 +112,16 @@ def test_a_baseline_without_its_package_is_left_out_and_said(sweep, monkeypatch,
     assert "baselines: left out: --optimizer Prodigy needs the package prodigyopt" in capsys.readouterr().out
     markdown = (tmp / "without" / "baselines.md").read_text()
     assert "| Prodigy |" not in markdown and "- Not run: --optimizer Prodigy needs" in markdown
+    with pytest.raises(SystemExit) as exit_:  # asked for by name: an error, not a silent omission
+        reproduce.build_parser().parse_args(["baselines", "--baselines", "AliG", "Prodigy"])
+    assert exit_.value.code == 2 and "pip install prodigyopt" in capsys.readouterr().err
+
+
+def test_baselines_narrows_the_optimizers_of_the_baselines_experiment():
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), baselines=("AliG", "DoG"))
+    names = [run.method.name for run in EXPERIMENTS["baselines"].runs(plan)]
+    table1 = [run.method.name for run in EXPERIMENTS["table1"].runs(plan)]
+    assert names == table1 + ["alig", "dog"]
 
 
 def test_the_triangle_has_sgd_on_the_diagonal_and_alrao_above(sweep):
@@ -248,6 +258,8 @@ def test_the_paper_profile_runs_the_published_protocol():
     (["table1", "--launcher", "inline", "--jobs", "2"], "--jobs 2 is used only with --launcher local"),
     (["table1", "--models", "LSTM", "--dataset", "digits"], "--dataset digits is an image data set"),
     (["table1", "--seeds", "0", "0"], "--seeds 0 0 repeats a seed"),
+    (["table1", "--baselines", "AliG"], "--baselines AliG is used only by the baselines experiment"),
+    (["baselines", "--baselines", "Adam"], "invalid choice: 'Adam'"),
     (["table1", "--slurm_partition", "gpu"], "--slurm_partition gpu is used only with --launcher slurm"),
     (["figure9"], "invalid choice: 'figure9'"),
 ])
