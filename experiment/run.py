@@ -22,7 +22,9 @@ A script uses it as::
 """
 import math
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, NoReturn, Optional
@@ -264,10 +266,17 @@ class Run:
         return summary
 
     def __enter__(self):
+        # SIGTERM (a Slurm time limit or preemption, `kill`) ends the run like Ctrl-C: the last
+        # checkpoint stays and the summary says "interrupted", so a sweep continues it later.
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        if exc_type is not KeyboardInterrupt:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
         print(file=sys.stderr)
         if self.saved_epoch is None:
@@ -278,4 +287,13 @@ class Run:
             print(f"{self.prog}: interrupted during epoch {self.saved_epoch + 1}; {self.out_dir / CHECKPOINT} "
                   f"holds epoch {self.saved_epoch}; continue with --resume --out_dir {self.out_dir}",
                   file=sys.stderr)
-        raise SystemExit(130) from None  # 128 + SIGINT, the shell's status for Ctrl-C
+        # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
+        raise SystemExit(128 + (signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT)) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled as Ctrl-C (a ``KeyboardInterrupt``), exit status 143."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()

@@ -171,7 +171,7 @@ def _run_inline(runs, out_dir: Path, report) -> List[Outcome]:
             module.main(module.build_parser().parse_args(argv))
             outcome = Outcome(run, True, "trained", time.perf_counter() - start)
         except SystemExit as exit_:
-            if exit_.code == 130:  # Ctrl-C: the run kept its checkpoint; stop the sweep
+            if exit_.code in (130, 143):  # Ctrl-C or SIGTERM: the run kept its checkpoint; stop the sweep
                 raise
             outcome = Outcome(run, exit_.code in (0, None), f"exit status {exit_.code}", time.perf_counter() - start)
         except Exception as error:  # one broken run must not stop the sweep

@@ -2,7 +2,9 @@
 import importlib.util
 import json
 import math
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -355,6 +357,20 @@ def test_resume_continues_the_history_and_the_generators(tmp_path):
     assert summary["epochs_completed"] == 4 and summary["best_epoch"] == 4 and summary["status"] == "completed"
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [strict_json(m)["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_sigterm_is_handled_as_ctrl_c_with_the_status_143(tmp_path, capsys):
+    run = start_run(tmp_path, "--epochs", "5")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        with run:
+            for epoch in run.epochs():
+                if epoch == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)  # as Slurm does at a time limit
+                run.end_epoch({"valid_loss": 1.0 / epoch, "diverged": False})
+    assert exit_info.value.code == 143 and "interrupted during epoch 2" in capsys.readouterr().err
+    assert strict_json((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the run's only while it runs
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsys):
