@@ -20,8 +20,9 @@ def format_rate(lr: Optional[float]) -> str:
     two digits: ``4.6e-5``, ``0.022``, ``2.2``."""
     if lr is None:
         return DASH
-    exponent = math.floor(math.log10(lr) + 1e-9)
-    if math.isclose(lr, 10.0 ** exponent):
+    # Tolerances of float32: a copy's rate read back from a float32 tensor is 1e-5 to 7 digits.
+    exponent = math.floor(math.log10(lr) + 1e-6)
+    if math.isclose(lr, 10.0 ** exponent, rel_tol=1e-6):
         return {0: "1", 1: "10"}.get(exponent, f"1e{exponent}")
     if -2 <= exponent <= 1:
         return f"{lr:.2g}"

@@ -1,6 +1,7 @@
 """Unit tests of reproduce.py's aggregation and tables, on hand-made run summaries."""
 import math
 
+import numpy as np
 import pytest
 
 from reproduce_lib.aggregate import RowResult, RunResult, Stat, choose_on_validation, column_cell, mean_std
@@ -95,6 +96,8 @@ def test_rates_and_seeds_are_written_as_the_paper_does():
     assert [format_rate(10 ** (-5 + 6 * j / 9)) for j in range(10)] == [
         "1e-5", "4.6e-5", "2.2e-4", "1e-3", "4.6e-3", "0.022", "1e-1", "0.46", "2.2", "10"]  # Alrao's copies
     assert format_rate(250.0) == "2.5e2" and format_rate(None) == "–"
+    float32 = [float(np.float32(lr)) for lr in (1e-5, 1e-3, 0.1, 10 ** (-5 + 6 / 9))]  # rates read from tensors
+    assert [format_rate(lr) for lr in float32] == ["1e-5", "1e-3", "1e-1", "4.6e-5"]
     assert format_seeds([3, 0, 1, 2, 7]) == "0-3, 7" and format_seeds([0]) == "0"
 
 
