@@ -17,12 +17,14 @@ on (exit status 1). --collect_only writes the tables and figures from the runs
 already there.
 """
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Optional
 
 import data
 import experiment
+from experiment.run import Terminated, sigterm_as_interrupt
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
 from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch
 from reproduce_lib.outputs import git_commit
@@ -150,9 +152,13 @@ def main(args) -> int:
             ("partition", args.slurm_partition), ("timeout_min", args.slurm_timeout_min),
             ("gpus_per_job", args.slurm_gpus), ("cpus_per_job", args.slurm_cpus)) if value is not None})
         try:
-            outcomes = launch(runs, out_dir, args.launcher, args.jobs or default_jobs(), slurm)
+            with sigterm_as_interrupt():
+                outcomes = launch(runs, out_dir, args.launcher, args.jobs or default_jobs(), slurm)
         except LaunchError as error:
             experiment.exit_with_error(PROG, error)
+        except KeyboardInterrupt as interrupt:
+            print(f"{PROG}: interrupted; the runs keep their checkpoints: the same command continues the sweep")
+            return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
         failed = [o for o in outcomes if not o.ok]
     context = Context(plan, out_dir, results_dir, git_commit(), command_line(args))
     reports = dict.fromkeys(EXPERIMENTS[name].report for name in args.experiments)  # table1 and width share one

@@ -20,6 +20,7 @@ A script uses it as::
             run.end_epoch(record)                  # log, checkpoint, early stopping, divergence
     summary = run.finish()
 """
+import contextlib
 import math
 import platform
 import signal
@@ -268,14 +269,12 @@ class Run:
     def __enter__(self):
         # SIGTERM (a Slurm time limit or preemption, `kill`) ends the run like Ctrl-C: the last
         # checkpoint stays and the summary says "interrupted", so a sweep continues it later.
-        self._previous_sigterm = None
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        self._sigterm = sigterm_as_interrupt()
+        self._sigterm.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._sigterm.__exit__(None, None, None)
         if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
         print(file=sys.stderr)
@@ -297,3 +296,17 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> NoReturn:
     raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within this block SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so that
+    whatever handles Ctrl-C handles it too. Only the main thread may set handlers: elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,6 +13,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,13 +94,21 @@ def command(run: RunSpec, run_dir: Path, resume: bool) -> List[str]:
             *(["--resume"] if resume else [])]
 
 
-def run_subprocess(cmd: Sequence[str], log_path: str, env: dict) -> Optional[str]:
+def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: Optional[set] = None) -> Optional[str]:
     """Run ``cmd`` with ``env`` added to the environment, its output appended to ``log_path``.
-    ``None`` on success, else the last line it printed (its error). Module-level: Slurm jobs call it."""
+    ``None`` on success, else the last line it printed (its error). ``running``: a set holding the
+    process while it runs (to interrupt it). Module-level: Slurm jobs call it."""
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        if running is not None:
+            running.add(process)
+        try:
+            code = process.wait()
+        finally:
+            if running is not None:
+                running.discard(process)
     if code == 0:
         return None
     lines = [line for line in Path(log_path).read_text().splitlines() if line.strip()]
@@ -138,13 +147,18 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
         slots.put(gpus[i % len(gpus)] if gpus else None)
     env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
 
+    running: set = set()  # the runs' processes, to interrupt them with the sweep
+    stopping = []  # set when the sweep is interrupted: no new run starts
+
     def one(run: RunSpec, resume: bool) -> Outcome:
         gpu = slots.get()
         start = time.perf_counter()
         try:
+            if stopping:
+                return Outcome(run, False, "not started: the sweep was interrupted")
             run_dir = out_dir / run.folder
             error = run_subprocess(command(run, run_dir, resume), str(run_dir / LOG),
-                                   {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})})
+                                   {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}, running)
             return Outcome(run, error is None, error or "trained", time.perf_counter() - start)
         finally:
             slots.put(gpu)
@@ -155,10 +169,27 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
         try:
             for future in as_completed(futures):
                 outcomes.append(report(future.result()))
-        except KeyboardInterrupt:  # the runs got the signal too: they keep their checkpoints
-            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            stopping.append(True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            interrupt_runs(running)
             raise
     return outcomes
+
+
+def interrupt_runs(running: set, grace_s: float = 5.0) -> None:
+    """Stop the runs' processes as Ctrl-C does, so that each keeps its checkpoint and none goes on
+    training unseen (a later sweep would train the same run twice). After Ctrl-C in a terminal
+    they got SIGINT already and end on their own; when only the sweep was signalled (``kill``),
+    the ones still running after ``grace_s`` get SIGINT."""
+    deadline = time.monotonic() + grace_s
+    for process in list(running):
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+    for process in list(running):
+        process.wait()
 
 
 def _run_inline(runs, out_dir: Path, report) -> List[Outcome]:

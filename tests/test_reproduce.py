@@ -3,8 +3,10 @@ one seed, one epoch of a few batches), resume, failures, the launchers and the c
 import dataclasses
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +192,26 @@ def test_the_local_launcher_runs_the_scripts_as_subprocesses_and_reports_their_e
     assert "main_rnn.py --dataset pydoc" in log and "completed after 1 epoch" in log  # the run's own output
     assert not outcomes[1].ok
     assert "exit status 2: main_rnn.py: error: --resume: cannot read" in outcomes[1].message
+
+
+def test_a_terminated_sweep_interrupts_its_runs_which_keep_their_checkpoints(tmp_path):
+    out = tmp_path / "runs"
+    sweep = subprocess.Popen(
+        [sys.executable, str(Path(reproduce.__file__)), "table1", "--profile", "quick", "--models", "LSTM",
+         "--seeds", "0", "--epochs", "50", "--jobs", "1", "--out_dir", str(out),
+         "--results_dir", str(tmp_path / "results")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = out / "LSTM" / "pydoc-50ep" / "sgd-lr1e-05" / "seed0"
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the first epoch
+    sweep.send_signal(signal.SIGTERM)  # `kill`: the sweep only, not its runs
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 143, output
+    assert "interrupted; the runs keep their checkpoints" in output
+    assert summary(first)["status"] == "interrupted"  # the run was stopped, not left training unseen
+    assert "interrupted during epoch 1" in (first / "reproduce.log").read_text()
+    assert [p.parent.parent.name for p in out.glob("LSTM/pydoc-50ep/*/seed0/reproduce.log")] == ["sgd-lr1e-05"]
 
 
 def test_the_slurm_launcher_runs_jobs_through_submitit(tmp_path):
