@@ -89,6 +89,7 @@ def build_parser() -> experiment.ArgumentParser:
 
 def _check(args) -> Optional[str]:
     """Fill the defaults that depend on other flags; the first inconsistency, as a message."""
+    args.experiments_given = list(dict.fromkeys(args.experiments))  # as typed ("all" stays "all")
     if ALL in args.experiments:
         args.experiments = list(EXPERIMENTS)
     args.experiments = list(dict.fromkeys(args.experiments))
@@ -121,7 +122,7 @@ def _check(args) -> Optional[str]:
 
 def command_line(args) -> str:
     """The command that reproduces these results (the flags given, in a canonical order)."""
-    words = [PROG, *args.experiments, "--profile", args.profile]
+    words = [PROG, *args.experiments_given, "--profile", args.profile]
     for flag in ("models", "seeds", "baselines"):
         if getattr(args, flag) is not None:
             words += [f"--{flag}", *map(str, getattr(args, flag))]

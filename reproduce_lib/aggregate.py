@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from experiment.run import INTERRUPTED, METRICS, SUMMARY
+from experiment.run import CONFIG, INTERRUPTED, METRICS, SUMMARY
+
+UNKNOWN = "unknown"  # the commit of a run that did not record one
 
 from .plan import Column, Plan, Row, RunSpec, script_of
 from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm
@@ -25,11 +27,13 @@ from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: its folder (relative to the sweep's), ``summary.json`` and ``metrics.jsonl`` records."""
+    """A finished run: its folder (relative to the sweep's), ``summary.json`` and ``metrics.jsonl``
+    records, and the commit of the code that trained it (its ``config.json``)."""
 
     folder: str
     summary: dict
     history: List[dict] = field(default_factory=list)
+    commit: str = UNKNOWN
 
 
 def load_result(out_dir: Path, run: RunSpec) -> Optional[RunResult]:
@@ -44,7 +48,9 @@ def load_result(out_dir: Path, run: RunSpec) -> Optional[RunResult]:
     metrics = run_dir / METRICS
     history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
         if metrics.is_file() else []
-    return RunResult(run.folder, summary, history)
+    config = run_dir / CONFIG
+    commit = json.loads(config.read_text()).get("commit", UNKNOWN) if config.is_file() else UNKNOWN
+    return RunResult(run.folder, summary, history, commit)
 
 
 # ---------------------------------------------------------------- statistics
@@ -143,8 +149,8 @@ def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResul
         no_result=len(finished) - len(with_result), validation=validation,
         finished=sum(r is not None for rs in candidates.values() for r in rs),
         candidate_runs=sum(len(rs) for rs in candidates.values()),
-        runs=[{"folder": r.folder, "status": r.summary.get("status"), "diverged": bool(r.summary.get("diverged")),
-               "best_epoch": r.summary.get("best_epoch"), "valid_loss": r.summary.get("valid_loss"),
+        runs=[{"folder": r.folder, "commit": r.commit, "status": r.summary.get("status"),
+               "diverged": bool(r.summary.get("diverged")), "best_epoch": r.summary.get("best_epoch"), "valid_loss": r.summary.get("valid_loss"),
                "loss": r.summary.get(loss_key), "top1": 100 * r.summary["test_acc"]
                if finite(r.summary.get("test_acc")) else None} for r in finished])
 

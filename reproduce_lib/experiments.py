@@ -34,8 +34,10 @@ class Context:
     commit: str
     command: str
 
-    def provenance(self, models: Sequence[str], seeds: Optional[str] = None) -> Provenance:
-        return Provenance(self.plan.profile.name, seeds or seeds_text(self.plan, models), self.commit, self.command)
+    def provenance(self, models: Sequence[str], run_commits: Iterable[str], seeds: Optional[str] = None) -> Provenance:
+        """The provenance of a result on ``models`` from runs trained at ``run_commits``."""
+        return Provenance(self.plan.profile.name, seeds or seeds_text(self.plan, models), self.commit, self.command,
+                          tuple(sorted(set(run_commits))))
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def table_report(rows: Callable[[Plan], List[Row]], stem: str, write: TableWrite
         if not results:
             print(f"{stem}: no finished run in {context.out_dir}: nothing to write")
             return []
-        return write(results, context.provenance([r.row.model for r in results]), context)
+        commits = [run["commit"] for r in results for cell in r.cells for run in cell.runs]
+        return write(results, context.provenance([r.row.model for r in results], commits), context)
     return report
 
 
@@ -108,7 +111,7 @@ def curves_report(context: Context) -> List[Path]:
     plan, written = context.plan, []
     for model in curve_models(plan):
         seed = plan.seeds_for(model)[0]
-        curves, missing, alrao = [], [], None
+        curves, missing, alrao, commits = [], [], None, []
         for column in table1_columns(model):
             for method in column.methods:
                 result = load_result(context.out_dir, plan.run(model, method, seed))
@@ -119,6 +122,7 @@ def curves_report(context: Context) -> List[Path]:
                 label = f"SGD lr {format_rate(method.lr)}" if kind == "sgd" else column.title
                 curves.append(figures.Curve(label, kind, result.history, bool(result.summary.get("diverged")),
                                             method.lr))
+                commits.append(result.commit)
                 if kind == "alrao":
                     alrao = result
         if not curves:
@@ -126,13 +130,14 @@ def curves_report(context: Context) -> List[Path]:
             continue
         name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
         title = f"{name}, seed {seed}" + (f"\n(not finished: {', '.join(missing)})" if missing else "")
-        provenance = context.provenance([model], seeds=str(seed))
+        provenance = context.provenance([model], commits, seeds=str(seed))
         unit, key = ("bits/char", "bpc") if is_lstm(model) else ("nats", "loss")
         written.append(figures.learning_curves(f"Learning curves: {title}", curves, key, unit, provenance,
                                                context.results_dir / f"curves_{model}.png"))
         if alrao is not None:
             written.append(figures.posterior_figure(f"Alrao's switch posterior: {name}, seed {seed}",
-                                                    alrao.history, provenance,
+                                                    alrao.history, context.provenance([model], [alrao.commit],
+                                                                                      seeds=str(seed)),
                                                     context.results_dir / f"posterior_{model}.png"))
     return written
 
@@ -178,10 +183,12 @@ def triangle_report(context: Context) -> List[Path]:
         counts = np.zeros((n, n))
         diverged = np.zeros((n, n), dtype=bool)
         runs: Dict[str, dict] = {}
+        commits = []
         for i, j, run in triangle_cells(plan, model):
             result = load_result(context.out_dir, run)
             if result is None:
                 continue
+            commits.append(result.commit)
             last = result.history[-1] if result.history else {}
             runs[run.folder] = {"min_lr": 10.0 ** ends[i], "max_lr": 10.0 ** ends[j],
                                 "diverged": bool(result.summary.get("diverged")),
@@ -198,7 +205,7 @@ def triangle_report(context: Context) -> List[Path]:
         with np.errstate(invalid="ignore", divide="ignore"):
             means = {split: np.where(counts > 0, sums[split] / counts, np.nan) for split in sums}
         seeds = triangle_seeds(plan, model)
-        provenance = context.provenance([model], seeds=format_seeds(seeds))
+        provenance = context.provenance([model], commits, seeds=format_seeds(seeds))
         name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
         epochs = plan.epochs or plan.profile.triangle.epochs
         written.append(figures.triangle_figure(

@@ -1,7 +1,7 @@
 """What every table and figure carries (profile, seeds, commit) and atomic writes of result files."""
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 from experiment.files import atomic_write_bytes, atomic_write_text, write_json
 from experiment.provenance import git_commit
@@ -56,15 +56,21 @@ def seeds_text(plan: Plan, models: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class Provenance:
-    """Which profile, seeds and code produced a table or a figure, and the command that wrote it."""
+    """Which profile, seeds and code produced a table or a figure, and the command that wrote it.
+    ``run_commits``: the commits of the code that trained the runs shown, when known."""
 
     profile: str
     seeds: str
     commit: str
     command: str
+    run_commits: Tuple[str, ...] = ()
 
     def line(self) -> str:
-        return f"profile {self.profile} · seeds {self.seeds} · commit {self.commit}"
+        line = f"profile {self.profile} · seeds {self.seeds} · commit {self.commit}"
+        if self.run_commits and self.run_commits != (self.commit,):
+            line += f" (runs trained at {', '.join(self.run_commits)})"
+        return line
 
     def as_dict(self) -> dict:
-        return {"profile": self.profile, "seeds": self.seeds, "commit": self.commit, "command": self.command}
+        return {"profile": self.profile, "seeds": self.seeds, "commit": self.commit, "command": self.command,
+                "run_commits": list(self.run_commits)}

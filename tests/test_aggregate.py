@@ -124,6 +124,13 @@ def test_the_markdown_table_puts_ours_the_paper_and_the_difference_side_by_side(
     assert sgd_cell["difference"]["top1"] == pytest.approx(85.0 - 89.5)
 
 
+def test_results_say_when_their_runs_were_trained_by_other_code():
+    assert Provenance("quick", "0", "abc", "cmd", ("abc",)).line() == "profile quick · seeds 0 · commit abc"
+    other = Provenance("quick", "0", "abc", "cmd", ("123", "abc"))
+    assert other.line().endswith("commit abc (runs trained at 123, abc)") and other.as_dict()["run_commits"] == [
+        "123", "abc"]
+
+
 def test_other_data_get_the_papers_numbers_for_reference_but_no_difference():
     provenance = Provenance("quick", "0-1", "unknown", "python reproduce.py table1 --profile quick")
     text = markdown_table1([_row(False)], provenance, PROFILES["quick"].size_multiplier, "runs/x")

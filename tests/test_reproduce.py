@@ -72,6 +72,7 @@ def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
     (row,) = table["rows"]
     assert row["model"] == "LSTM" and row["loss_unit"] == "bits/char" and row["comparable"] is False
     assert row["cells"]["SGD"]["lr"] == best_lr
+    assert table["run_commits"] == [git_commit()] and row["cells"]["Adam"]["runs"][0]["commit"] == git_commit()
     markdown = (tmp / "results" / "table1.md").read_text()
     assert f"profile quick · seeds 0 · commit {git_commit()}" in markdown
     ours = next(line for line in markdown.splitlines() if "| ours |" in line)
