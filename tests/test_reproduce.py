@@ -205,13 +205,13 @@ def test_a_terminated_sweep_interrupts_its_runs_which_keep_their_checkpoints(tmp
     deadline = time.monotonic() + 120
     while not (first / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # inside the first epoch
+    time.sleep(1.0)  # inside the training loop
     sweep.send_signal(signal.SIGTERM)  # `kill`: the sweep only, not its runs
     output, _ = sweep.communicate(timeout=120)
     assert sweep.returncode == 143, output
     assert "interrupted; the runs keep their checkpoints" in output
     assert summary(first)["status"] == "interrupted"  # the run was stopped, not left training unseen
-    assert "interrupted during epoch 1" in (first / "reproduce.log").read_text()
+    assert "interrupted during epoch" in (first / "reproduce.log").read_text()
     assert [p.parent.parent.name for p in out.glob("LSTM/pydoc-50ep/*/seed0/reproduce.log")] == ["sgd-lr1e-05"]
 
 
