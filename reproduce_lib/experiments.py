@@ -19,8 +19,8 @@ from .outputs import Provenance, format_seeds, seeds_text, write_json
 from experiment import OPTIMIZERS
 from experiment.baselines import MissingPackage, import_baseline
 
-from .plan import Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
-from .protocol import ALRAO_CNN, ALRAO_LSTM, WIDTH_FACTOR, AlraoSetting, is_lstm
+from .plan import Column, Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
+from .protocol import ALRAO_CNN, ALRAO_LSTM, CURVE_EXTRA_RATES, WIDTH_FACTOR, AlraoSetting, is_lstm
 from .tables import common_notes, display_name, format_rate, json_table1, markdown_by_method, write_table, write_table1
 
 
@@ -99,10 +99,17 @@ def curve_models(plan: Plan) -> List[str]:
     return list(plan.models_or(plan.profile.curve_models))
 
 
+def curve_columns(model: str) -> Tuple[Column, ...]:
+    """Table 1's columns, SGD's with the rates of :data:`CURVE_EXTRA_RATES` added."""
+    sgd_column, *others = table1_columns(model)
+    extra = tuple(sgd(lr) for lr in CURVE_EXTRA_RATES)
+    return (Column(sgd_column.title, sgd_column.methods + extra), *others)
+
+
 def curves_runs(plan: Plan) -> List[RunSpec]:
-    """Table 1's runs of the curve models, first seed only (the figures show one run per method)."""
+    """The curve models' runs of every curve, first seed only (the figures show one run per method)."""
     return unique(plan.run(m, method, plan.seeds_for(m)[0])
-                  for m in curve_models(plan) for column in table1_columns(m) for method in column.methods)
+                  for m in curve_models(plan) for column in curve_columns(m) for method in column.methods)
 
 
 def curves_report(context: Context) -> List[Path]:
@@ -112,7 +119,7 @@ def curves_report(context: Context) -> List[Path]:
     for model in curve_models(plan):
         seed = plan.seeds_for(model)[0]
         curves, missing, alrao, commits = [], [], None, []
-        for column in table1_columns(model):
+        for column in curve_columns(model):
             for method in column.methods:
                 result = load_result(context.out_dir, plan.run(model, method, seed))
                 if result is None:
@@ -285,7 +292,8 @@ EXPERIMENTS: Dict[str, Experiment] = {
                          rows_runs(table1_rows), TABLE1_REPORT),
     "width": Experiment("Table 1's width×3 rows: Adam and Alrao-SGD on 3 times wider CNNs; rewrites table1.md/.json",
                         rows_runs(width_rows), TABLE1_REPORT),
-    "curves": Experiment("learning curves (train and test loss per epoch, every SGD rate, Adam, Alrao) and the "
+    "curves": Experiment("learning curves (train and test loss per epoch, SGD at every rate of the grid and at "
+                         "100 as in the paper's figures, Adam, Alrao) and the "
                          "switch posterior over epochs: curves_<model>.png, posterior_<model>.png",
                          curves_runs, curves_report),
     "triangle": Experiment("Alrao for every interval of a grid, plain SGD on the diagonal, without early "

@@ -16,6 +16,9 @@ PAPER_SOURCE = "Blier, Wolinski, Ollivier, Learning with Random Learning Rates, 
 
 #: The plain SGD baseline's learning rates (PAPER.md, protocol); the best is chosen on validation.
 SGD_RATES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+#: Rates the learning-curve figures show beyond the grid: the paper's curves include SGD at 100,
+#: which diverges (PAPER.md, figures).
+CURVE_EXTRA_RATES = (100.0,)
 #: Adam's default learning rate: the paper's Adam baseline uses Adam's defaults.
 ADAM_LR = 1e-3
 #: Width multiplier of the paper's "width×3" rows.

@@ -127,6 +127,13 @@ def test_baselines_narrows_the_optimizers_of_the_baselines_experiment():
     assert names == table1 + ["alig", "dog"]
 
 
+def test_the_curves_add_sgd_at_100_as_the_papers_figures_do_but_table1_does_not(sweep):
+    tmp, _ = sweep
+    assert (tmp / "runs" / "LSTM" / "pydoc-1ep-dry" / "sgd-lr100" / "seed0" / "summary.json").is_file()
+    table = json.loads((tmp / "results" / "table1.json").read_text())
+    assert "sgd-lr100" not in table["rows"][0]["cells"]["SGD"]["validation_loss_by_method"]
+
+
 def test_the_triangle_has_sgd_on_the_diagonal_and_alrao_above(sweep):
     tmp, _ = sweep
     triangle = json.loads((tmp / "results" / "triangle_LSTM.json").read_text())
