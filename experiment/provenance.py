@@ -7,12 +7,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def git_commit(repo: Path = REPO) -> str:
-    """The short hash of the code's commit, with ``+changes`` when tracked files differ from it;
-    ``'unknown'`` outside a git repository (or without git)."""
+    """The short hash of the code's commit, with ``+changes`` when tracked files differ from it
+    (other than those under ``results/``, which reproduce.py itself rewrites); ``'unknown'``
+    outside a git repository (or without git)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -299,6 +299,24 @@ def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_the_commit_is_marked_changed_by_code_changes_not_by_rewritten_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table1.md").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = git_commit(tmp_path)
+    assert "+" not in clean and clean != "unknown"
+    (tmp_path / "results" / "table1.md").write_text("new")  # reproduce.py rewrote its results
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path) == clean + "+changes"
+
+
 def test_the_commit_is_unknown_outside_a_repository(tmp_path):
     assert git_commit(tmp_path) == "unknown"
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
