@@ -33,6 +33,12 @@ _LINEAR_HEADS = {
 }
 
 
+def known_all_finite(finite: torch.Tensor) -> bool:
+    """Whether the mask ``finite`` is known to be all true without waiting for an accelerator:
+    read on a CPU, where it costs nothing; elsewhere ``False`` (the masked path, no sync)."""
+    return finite.device.type == "cpu" and bool(finite.all())
+
+
 def evaluate_copies(copies: List[nn.Module], z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y_mix, y_own, finite)``: the copies' outputs stacked ``(N, ...)`` twice and
     the ``(N,)`` mask of copies whose output is all finite."""
@@ -42,7 +48,7 @@ def evaluate_copies(copies: List[nn.Module], z: torch.Tensor) -> Tuple[torch.Ten
     if not torch.is_grad_enabled():
         if batched:
             linears = [getattr(c, head[0]) for c in copies]
-            y, finite = _linear_forward(z, [lin.weight for lin in linears], [lin.bias for lin in linears], head)
+            y, finite, _ = _linear_forward(z, [lin.weight for lin in linears], [lin.bias for lin in linears], head)
             return y, y, finite
         y = torch.stack([c(z) for c in copies])
         return y, y, torch.isfinite(y.reshape(len(copies), -1)).all(dim=1)
@@ -55,7 +61,8 @@ def evaluate_copies(copies: List[nn.Module], z: torch.Tensor) -> Tuple[torch.Ten
 
 
 def _linear_forward(z, weights, biases, head):
-    """All copies at once: outputs ``(N, T, K)`` (contiguous) and the finite mask.
+    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask and the stacked
+    weights ``(N, K, d)``.
 
     A copy counts as finite when the sum of its outputs is: one reduction
     instead of an elementwise test (a NaN or inf anywhere makes the sum
@@ -66,7 +73,7 @@ def _linear_forward(z, weights, biases, head):
     weight, bias = torch.stack(weights), torch.stack(biases)        # (N, K, d), (N, K)
     a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
     y = torch.log_softmax(a, dim=-1) if log_softmax else a
-    return y, torch.isfinite(y.sum(dim=(1, 2)))
+    return y, torch.isfinite(y.sum(dim=(1, 2))), weight
 
 
 class _LinearCopies(torch.autograd.Function):
@@ -75,32 +82,38 @@ class _LinearCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, z, *params):
         ctx.set_materialize_grads(False)
-        y, finite = _linear_forward(z, params[0::2], params[1::2], head)
+        y, finite, weight = _linear_forward(z, params[0::2], params[1::2], head)
         x = z.reshape(-1, z.shape[-1]) if head[2] else z
-        ctx.save_for_backward(x, torch.stack(params[0::2]), y, finite)
+        ctx.save_for_backward(x, weight, y, finite)
         ctx.head, ctx.z_shape = head, z.shape
         ctx.mark_non_differentiable(finite)
         return y, y.detach(), finite
 
     @staticmethod
     def backward(ctx, grad_mix, grad_own, _):
+        # The (N, T, K) tensors here are the largest of the step: each is made once, and the
+        # masks of diverged copies are skipped when the copies are known to be finite.
         x, weight, y, finite = ctx.saved_tensors
         n = finite.numel()
+        masked = not known_all_finite(finite)
         zero = torch.zeros((), dtype=y.dtype, device=y.device)
         keep = finite.view(n, 1, 1)
-        # the copies' probabilities, a diverged copy's NaNs replaced (its gradient is zeroed below)
-        probs = torch.where(keep, y, zero).exp_() if ctx.head[1] else None
+        probs = None
+        if ctx.head[1]:
+            # the copies' probabilities, a diverged copy's NaNs replaced (its gradient is zeroed below)
+            probs = torch.where(keep, y, zero).exp_() if masked else y.exp()
 
         def grad_pre_activation(grad):
-            # through the log-softmax, then zero for diverged copies: (N, T, K)
-            if probs is not None:
-                grad = grad - probs * grad.sum(dim=-1, keepdim=True)
-            return torch.where(keep, grad, zero)
+            # through the log-softmax (grad - probs * sum(grad)), then zero for diverged copies
+            if probs is None:
+                return torch.where(keep, grad, zero) if masked else grad
+            grad = torch.addcmul(grad, probs, grad.sum(dim=-1, keepdim=True), value=-1)
+            return grad.masked_fill_(~keep, 0) if masked else grad
 
         grad_z = None
         if grad_mix is not None and ctx.needs_input_grad[1]:
             # A diverged copy's weights may hold NaN: 0 * NaN would leak into z.
-            safe_weight = torch.where(keep, weight, zero)
+            safe_weight = torch.where(keep, weight, zero) if masked else weight
             grad_z = torch.bmm(grad_pre_activation(grad_mix), safe_weight).sum(dim=0).reshape(ctx.z_shape)
         grads = [None] * (2 * n)
         if grad_own is not None:

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .copies import evaluate_copies
+from .copies import evaluate_copies, known_all_finite
 from .switch import Switch
 
 TASKS = ("classification", "regression")
@@ -101,7 +101,7 @@ class AlraoModel(nn.Module):
         finite = finite.reshape(shape)
         if self.task == "classification":
             # log sum_j p_j(y|x) * posterior_j, computed in log space.
-            return torch.logsumexp(torch.where(finite, y + log_post, neg_inf), dim=0)
+            return _LogMixture.apply(y, log_post, finite)
         return (torch.where(finite, y, torch.zeros((), dtype=y.dtype, device=y.device)) * log_post.exp()).sum(0)
 
     def _check_finite(self, out: torch.Tensor) -> None:
@@ -199,6 +199,42 @@ class AlraoModel(nn.Module):
                 methods = [getattr(c, name) for c in self.classifiers]
                 return lambda *a, **k: [m(*a, **k) for m in methods]
             raise
+
+
+class _LogMixture(torch.autograd.Function):
+    """``logsumexp_j(y_j + log_post_j)`` over the copies (dim 0), the diverged ones left out.
+
+    The value and gradient of ``torch.logsumexp(torch.where(finite, y + log_post, -inf), 0)``
+    with fewer full-size temporaries: the copies' outputs are the largest tensors of a step (a
+    word-level decoder: copies x tokens x vocabulary), and on a CPU each new one costs its page
+    faults as well as its pass. The forward keeps the mixture weights (each copy's share of the
+    averaged probability, computed anyway on the way to the log-sum-exp); the gradient with
+    respect to ``y_j`` is that weight times the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, y, log_post, finite):
+        weight = y + log_post
+        masked = not known_all_finite(finite)
+        if masked:
+            weight.masked_fill_(~finite.view(-1, *(1,) * (y.dim() - 1)), -math.inf)
+        top = weight.amax(dim=0)
+        if masked:  # where every copy is left out, the mixture is -inf and its weights 0 (not NaN)
+            top = torch.where(torch.isfinite(top), top, torch.zeros((), dtype=top.dtype, device=top.device))
+        weight.sub_(top).exp_()
+        total = weight.sum(dim=0)
+        weight.div_(total)
+        out = total.log_().add_(top)
+        if masked:
+            weight.nan_to_num_(0.0)
+        ctx.save_for_backward(weight)
+        ctx.mark_non_differentiable(finite)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return weight * grad, None, None
 
 
 def classifier_lrs(min_lr: float, max_lr: float, n_classifiers: int) -> Sequence[float]:

@@ -1,5 +1,6 @@
 """AlraoModel: the averaged output, the routed gradients, diverged copies, tuple outputs, forwarding."""
 import copy
+import math
 
 import pytest
 import torch
@@ -95,6 +96,45 @@ def test_gradients_are_routed_as_in_the_paper(cls):
         own = F.nll_loss(c_ref(z.detach()), y)
         for p, g in zip(c_model.parameters(), torch.autograd.grad(own, list(c_ref.parameters()))):
             assert torch.allclose(p.grad, g, atol=1e-6)
+
+
+@pytest.mark.parametrize("diverged", [False, True], ids=["finite", "one-diverged"])
+def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverged):
+    """On CPU the diverged-copy masks are skipped when every copy is finite; accelerators always
+    apply them (no host sync). Forcing the masks here must not change any value or gradient."""
+    def step():
+        m = make(cls=alrao.LinearClassifier)
+        if diverged:
+            with torch.no_grad():
+                m.classifiers[1].fc.weight.fill_(float("nan"))
+        x, y = batch()
+        loss = m.loss(m(x), y)
+        loss.backward()
+        return [loss] + [p.grad.clone() for p in m.parameters()]
+
+    fast = step()
+    for module in (alrao.copies, alrao.model):
+        monkeypatch.setattr(module, "known_all_finite", lambda finite: False)
+    masked = step()
+    for a, b in zip(fast, masked):
+        assert torch.equal(a, b)
+    assert all(torch.isfinite(g).all() for g in fast)
+
+
+@pytest.mark.parametrize("mask", [[1, 1, 1], [1, 0, 1], [0, 0, 0]], ids=["all", "one-left-out", "none"])
+def test_the_log_mixture_equals_logsumexp_over_the_finite_copies(mask):
+    g = torch.Generator().manual_seed(0)
+    y = torch.log_softmax(torch.randn(3, 4, 5, generator=g), dim=-1).requires_grad_()
+    log_post = torch.log_softmax(torch.randn(3, generator=g), dim=0).view(3, 1, 1)
+    log_post[0] = -math.inf  # a copy whose posterior underflowed to 0
+    finite = torch.tensor(mask, dtype=torch.bool)
+    grad = torch.randn(4, 5, generator=g)
+    out = alrao.model._LogMixture.apply(y, log_post, finite)
+    (got,) = torch.autograd.grad(out, y, grad)
+    reference = torch.logsumexp(torch.where(finite.view(3, 1, 1), y + log_post, -math.inf), dim=0)
+    (expected,) = torch.autograd.grad(reference, y, grad)
+    assert torch.allclose(out, reference, atol=1e-6) and torch.allclose(got, expected.nan_to_num(0.0), atol=1e-6)
+    assert torch.isfinite(got).all()  # no NaN even where every copy is left out
 
 
 def test_each_copy_runs_once_per_step():
