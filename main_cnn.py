@@ -136,4 +136,5 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
+    experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
     main(build_parser().parse_args())

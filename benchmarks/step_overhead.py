@@ -24,6 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import alrao  # noqa: E402
+import experiment  # noqa: E402
 import models  # noqa: E402
 
 CNNS = ("VGG19", "GoogLeNet", "MobileNetV2", "SENet18")
@@ -156,10 +157,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--system_malloc", action="store_true",
+                        help="leave glibc's allocator as it is (default: keep freed memory, as the scripts do)")
     args = parser.parse_args(argv)
+    kept = False if args.system_malloc else experiment.keep_freed_memory()
     device = torch.device(args.device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"steps={args.steps} (median)")
+          f"steps={args.steps} (median) malloc={'keeps freed memory' if kept else 'system default'}")
     print(f"{'setting':<12} {'copies':>6} {'plain ms':>9} {'alrao ms':>9} {'ratio':>6}  notes")
     for name in args.settings:
         plain, _ = build(name, device, use_alrao=False)

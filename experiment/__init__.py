@@ -15,14 +15,15 @@ from .optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, build_optimi
 from .report import format_config, format_copies, format_epoch
 from .run import (BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, Run, UsageError, best_record, exit_with_error,
                   summarize)
-from .runtime import choose_device, derived_generator, rng_state, seed_everything, set_rng_state
+from .runtime import (choose_device, derived_generator, keep_freed_memory, rng_state, seed_everything,
+                      set_rng_state)
 
 __all__ = [
     # flags
     "ArgumentParser", "ScriptDefaults", "add_common_arguments",
     "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "probability", "log10_rate",
     # seeding, device, optimizers, the network
-    "seed_everything", "derived_generator", "choose_device", "rng_state", "set_rng_state",
+    "seed_everything", "derived_generator", "choose_device", "rng_state", "set_rng_state", "keep_freed_memory",
     "OPTIMIZERS", "OptimizerSpec", "build_optimizer", "build_optimizer_hooks", "OptimizerHooks", "MissingPackage",
     "PlainModel", "build_model", "count_parameters",
     # metrics, files, the run

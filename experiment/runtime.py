@@ -1,5 +1,8 @@
-"""Seeding, random-number-generator state and device choice (DESIGN.md principle 9)."""
+"""Seeding, random-number-generator state, device choice (DESIGN.md principle 9), and the
+process's memory allocator."""
+import ctypes
 import random
+import sys
 from typing import Tuple
 
 import numpy as np
@@ -60,3 +63,31 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Allocations up to this size reuse freed memory (see keep_freed_memory).
+KEEP_FREED_UP_TO = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (Linux only; returns whether it applied).
+
+    By default glibc gives every allocation above 32 MB its own ``mmap`` and returns it to the
+    system when freed, so each large CPU tensor of a step (e.g. the Alrao copies' outputs of a
+    word-level decoder, 168 MB each) is page-faulted in anew at every step: measured with
+    ``benchmarks/step_overhead.py``, that is more than a third of such a step. Raising the mmap
+    and trim thresholds to 1 GB (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` would) keeps the pages; the process's memory then stays at its
+    peak. The scripts call this at start-up; the library does not change a process's allocator.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): leave the allocator alone
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_UP_TO)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_UP_TO))

@@ -3,8 +3,10 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import random
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -388,3 +390,8 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
     summary = strict_json((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 2
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_scripts_can_keep_freed_memory_on_linux():
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert experiment.keep_freed_memory() is on_glibc
