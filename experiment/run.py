@@ -22,13 +22,20 @@ A script uses it as::
 """
 import contextlib
 import math
+import os
 import platform
 import signal
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import List, NoReturn, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -42,6 +49,9 @@ from .runtime import rng_state, set_rng_state
 CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json")
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY)
+# Held (flock) by the process training the folder's run: a second process on the same folder
+# (a sweep started again while an orphaned run still trains) stops instead of writing over it.
+LOCK = "run.lock"
 FORMAT = 1  # version of the checkpoint layout
 
 # Flags a resumed run may change: they do not change what is computed, only
@@ -118,6 +128,7 @@ class Run:
         self.facts = {}
         self.model = self.optimizer = self.hooks = None
         self._epoch_start = None
+        self._release_lock = lambda: None  # set by start()
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UsageError(f"--out_dir {self.out_dir} is a file, not a folder")
         if args.resume:
@@ -170,6 +181,9 @@ class Run:
         self.model, self.optimizer, self.facts = model, optimizer, facts
         self.hooks = hooks if hooks is not None else OptimizerHooks(model)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd = lock_folder(self.out_dir)
+        # released by finish(), by an interruption, or when this object is collected
+        self._release_lock = weakref.finalize(self, os.close, fd) if fd is not None else lambda: None
         write_json(self.out_dir / CONFIG, {
             "script": self.prog, "args": vars(self.args), **facts,
             "python": platform.python_version(), "torch": torch.__version__, "commit": git_commit(),
@@ -253,7 +267,9 @@ class Run:
     # -------------------------------------------------------------------- end
     def finish(self) -> dict:
         """Write and return ``summary.json``; status ``completed`` unless the run stopped early."""
-        return self._write_summary(COMPLETED if self.status == RUNNING else self.status, self.history)
+        summary = self._write_summary(COMPLETED if self.status == RUNNING else self.status, self.history)
+        self._release_lock()
+        return summary
 
     def _write_summary(self, status: str, history: List[dict]) -> dict:
         summary = {**summarize(history, status), **self.facts}
@@ -275,7 +291,10 @@ class Run:
 
     def __exit__(self, exc_type, exc, traceback):
         self._sigterm.__exit__(None, None, None)
-        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+        if exc_type is None:
+            return False
+        if not issubclass(exc_type, KeyboardInterrupt):
+            self._release_lock()  # the run is over
             return False
         print(file=sys.stderr)
         if self.saved_epoch is None:
@@ -287,7 +306,24 @@ class Run:
                   f"holds epoch {self.saved_epoch}; continue with --resume --out_dir {self.out_dir}",
                   file=sys.stderr)
         # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
+        self._release_lock()
         raise SystemExit(128 + (signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT)) from None
+
+
+def lock_folder(folder: Path) -> Optional[int]:
+    """Take the run's lock in ``folder`` for this process and return its file descriptor (closing
+    it releases the lock, as does the process's end, even killed); :class:`UsageError` if another
+    process holds it. ``None`` where the platform has no ``flock`` (Windows): no lock."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UsageError(f"--out_dir {folder} is being trained by another process (it holds {folder / LOCK}): "
+                         "wait for it to end, or choose another --out_dir") from None
+    return fd
 
 
 class Terminated(KeyboardInterrupt):

@@ -322,7 +322,7 @@ def test_a_run_writes_its_files_and_stops_early(tmp_path, capsys):
     assert checkpoint["epoch"] == 4 and checkpoint["status"] == "early_stopped"
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
     assert "early stopping" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted(run_module.RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_module.RUN_FILES + (run_module.LOCK,))
 
 
 def test_a_diverged_run_is_recorded_and_stops(tmp_path):
@@ -346,6 +346,16 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path):
     (tmp_path / "bad" / "checkpoint.pt").write_text("not a checkpoint")
     with pytest.raises(experiment.UsageError, match="cannot read"):
         experiment.Run(parse("--out_dir", str(tmp_path / "bad"), "--resume"), "script.py", "t", torch.device("cpu"))
+
+
+@pytest.mark.skipif(run_module.fcntl is None, reason="no flock on this platform")
+def test_a_folder_being_trained_is_not_trained_by_a_second_process(tmp_path):
+    first = start_run(tmp_path, "--epochs", "4")
+    with pytest.raises(experiment.UsageError, match="being trained by another process"):
+        start_run(tmp_path, "--epochs", "4", "--resume")  # e.g. a sweep started again beside an orphaned run
+    run_epochs(first, [3.0, 2.0, 1.0, 0.5])  # finishing releases the folder
+    resumed = start_run(tmp_path, "--epochs", "6", "--resume")
+    assert resumed.epoch == 4
 
 
 def test_resume_continues_the_history_and_the_generators(tmp_path):
