@@ -305,8 +305,8 @@ class Run:
             print(f"{self.prog}: interrupted during epoch {self.saved_epoch + 1}; {self.out_dir / CHECKPOINT} "
                   f"holds epoch {self.saved_epoch}; continue with --resume --out_dir {self.out_dir}",
                   file=sys.stderr)
-        # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
         self._release_lock()
+        # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
         raise SystemExit(128 + (signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT)) from None
 
 

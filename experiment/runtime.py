@@ -77,7 +77,7 @@ def keep_freed_memory() -> bool:
     By default glibc gives every allocation above 32 MB its own ``mmap`` and returns it to the
     system when freed, so each large CPU tensor of a step (e.g. the Alrao copies' outputs of a
     word-level decoder, 168 MB each) is page-faulted in anew at every step: measured with
-    ``benchmarks/step_overhead.py``, that is more than a third of such a step. Raising the mmap
+    ``benchmarks/step_overhead.py``, more than half of the word-level LSTM's Alrao step. Raising the mmap
     and trim thresholds to 1 GB (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` and
     ``MALLOC_TRIM_THRESHOLD_`` would) keeps the pages; the process's memory then stays at its
     peak. The scripts call this at start-up; the library does not change a process's allocator.

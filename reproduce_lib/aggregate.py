@@ -22,7 +22,7 @@ from experiment.run import CONFIG, INTERRUPTED, METRICS, SUMMARY
 UNKNOWN = "unknown"  # the commit of a run that did not record one
 
 from .plan import Column, Plan, Row, RunSpec, script_of
-from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm
+from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm, loss_metric
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResul
         finished=sum(r is not None for rs in candidates.values() for r in rs),
         candidate_runs=sum(len(rs) for rs in candidates.values()),
         runs=[{"folder": r.folder, "commit": r.commit, "status": r.summary.get("status"),
-               "diverged": bool(r.summary.get("diverged")), "best_epoch": r.summary.get("best_epoch"), "valid_loss": r.summary.get("valid_loss"),
+               "diverged": bool(r.summary.get("diverged")), "best_epoch": r.summary.get("best_epoch"),
+               "valid_loss": r.summary.get("valid_loss"),
                "loss": r.summary.get(loss_key), "top1": 100 * r.summary["test_acc"]
                if finite(r.summary.get("test_acc")) else None} for r in finished])
 
@@ -182,7 +183,8 @@ class RowResult:
 def row_result(plan: Plan, row: Row, out_dir: Path) -> RowResult:
     """Read the runs of ``row`` under ``out_dir`` and compute its cells."""
     seeds = plan.seeds_for(row.model)
-    loss_key, loss_unit = ("test_bpc", "bits/char") if is_lstm(row.model) else ("test_loss", "nats")
+    key, loss_unit = loss_metric(row.model)
+    loss_key = f"test_{key}"
     cells = []
     for column in row.columns:
         results = {m.name: [load_result(out_dir, plan.run(row.model, m, s, width=row.width)) for s in seeds]

@@ -20,7 +20,7 @@ from experiment import OPTIMIZERS
 from experiment.baselines import MissingPackage, import_baseline
 
 from .plan import Column, Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
-from .protocol import ALRAO_CNN, ALRAO_LSTM, CURVE_EXTRA_RATES, WIDTH_FACTOR, AlraoSetting, is_lstm
+from .protocol import ALRAO_CNN, ALRAO_LSTM, CURVE_EXTRA_RATES, WIDTH_FACTOR, AlraoSetting, is_lstm, loss_metric
 from .tables import common_notes, display_name, format_rate, json_table1, markdown_by_method, write_table, write_table1
 
 
@@ -138,7 +138,7 @@ def curves_report(context: Context) -> List[Path]:
         name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
         title = f"{name}, seed {seed}" + (f"\n(not finished: {', '.join(missing)})" if missing else "")
         provenance = context.provenance([model], commits, seeds=str(seed))
-        unit, key = ("bits/char", "bpc") if is_lstm(model) else ("nats", "loss")
+        key, unit = loss_metric(model)
         written.append(figures.learning_curves(f"Learning curves: {title}", curves, key, unit, provenance,
                                                context.results_dir / f"curves_{model}.png"))
         if alrao is not None:
@@ -185,7 +185,7 @@ def triangle_report(context: Context) -> List[Path]:
     ends = plan.profile.triangle.ends_log10
     n = len(ends)
     for model in triangle_models(plan):
-        key, unit = ("bpc", "bits/char") if is_lstm(model) else ("loss", "nats")
+        key, unit = loss_metric(model)
         sums = {split: np.zeros((n, n)) for split in ("train", "test")}
         counts = np.zeros((n, n))
         diverged = np.zeros((n, n), dtype=bool)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -148,13 +149,13 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
     env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
 
     running: set = set()  # the runs' processes, to interrupt them with the sweep
-    stopping = []  # set when the sweep is interrupted: no new run starts
+    stopping = threading.Event()  # set when the sweep is interrupted: no new run starts
 
     def one(run: RunSpec, resume: bool) -> Outcome:
         gpu = slots.get()
         start = time.perf_counter()
         try:
-            if stopping:
+            if stopping.is_set():
                 return Outcome(run, False, "not started: the sweep was interrupted")
             run_dir = out_dir / run.folder
             error = run_subprocess(command(run, run_dir, resume), str(run_dir / LOG),
@@ -170,7 +171,7 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
             for future in as_completed(futures):
                 outcomes.append(report(future.result()))
         except KeyboardInterrupt:
-            stopping.append(True)
+            stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
             interrupt_runs(running)
             raise

@@ -50,6 +50,12 @@ def is_lstm(model: str) -> bool:
     return model == LSTM
 
 
+def loss_metric(model: str) -> Tuple[str, str]:
+    """``(key, unit)`` of the loss a model's results report: the metrics' ``<split>_<key>``
+    (``bpc``: the LSTM's bits per character; ``loss``: the CNNs' nats)."""
+    return ("bpc", "bits/char") if is_lstm(model) else ("loss", "nats")
+
+
 # ------------------------------------------------------------------ Table 1
 @dataclass(frozen=True)
 class Published:

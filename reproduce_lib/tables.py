@@ -162,9 +162,9 @@ def write_table(results_dir: Path, stem: str, markdown: str, numbers: dict) -> L
 
 
 def write_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: float, results_dir: Path,
-                 runs_dir: str, stem: str = "table1", title: str = "Table 1") -> List[Path]:
-    """Table 1 (one row per model, the paper's beside ours) as ``<stem>.md`` and ``<stem>.json``."""
-    return write_table(results_dir, stem, markdown_table1(rows, provenance, base_width, runs_dir, title),
+                 runs_dir: str) -> List[Path]:
+    """Table 1 (one row per model, the paper's beside ours) as ``table1.md`` and ``table1.json``."""
+    return write_table(results_dir, "table1", markdown_table1(rows, provenance, base_width, runs_dir),
                        json_table1(rows, provenance, base_width))
 
 
