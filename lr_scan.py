@@ -12,18 +12,18 @@ probes). Saves the figure (PNG) and the numbers (JSON beside it):
 Rates whose loss is lower than before the step are the ones that make
 progress on this batch; the curve shows where SGD (or Adam) starts to diverge.
 """
+
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 import alrao
-from alrao.lr_scan import LRScanResult, lr_scan, plot_lr_scan
 import data
 import experiment
 import models
+from alrao.lr_scan import LRScanResult, lr_scan, plot_lr_scan
 
 PROG = "lr_scan.py"
 # With a fresh optimizer the scanned step is its first one: no momentum buffer
@@ -36,41 +36,64 @@ OPTIMIZERS = {
 
 def build_parser() -> experiment.ArgumentParser:
     parser = experiment.ArgumentParser(
-        prog=PROG, description="Loss on one training batch after one optimizer step, for each "
-                               "learning rate of a log-spaced grid; saves a PNG and a JSON.")
+        prog=PROG,
+        description="Loss on one training batch after one optimizer step, for each "
+        "learning rate of a log-spaced grid; saves a PNG and a JSON.",
+    )
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=list(data.IMAGE_DATASETS), default="cifar10",
-                       help="data set of the batch")
-    group.add_argument("--data_path", default="datasets",
-                       help="folder holding the data sets (downloaded there when missing)")
-    group.add_argument("--batch_size", type=experiment.positive_int, default=32,
-                       help="size of the batch the rates are probed on (the paper trains with 32)")
+    group.add_argument("--dataset", choices=list(data.IMAGE_DATASETS), default="cifar10", help="data set of the batch")
+    group.add_argument(
+        "--data_path", default="datasets", help="folder holding the data sets (downloaded there when missing)"
+    )
+    group.add_argument(
+        "--batch_size",
+        type=experiment.positive_int,
+        default=32,
+        help="size of the batch the rates are probed on (the paper trains with 32)",
+    )
     group = parser.add_argument_group("model")
-    group.add_argument("--model_name", choices=list(models.MODELS), default="GoogLeNet",
-                       help="pre-classifier network")
-    group.add_argument("--size_multiplier", type=experiment.positive_int, default=1,
-                       help="width multiplier of the network (the paper's 'width x3' rows use 3)")
+    group.add_argument("--model_name", choices=list(models.MODELS), default="GoogLeNet", help="pre-classifier network")
+    group.add_argument(
+        "--size_multiplier",
+        type=experiment.positive_int,
+        default=1,
+        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
+    )
     group = parser.add_argument_group("scan")
-    group.add_argument("--optimizer", choices=list(OPTIMIZERS), default="SGD",
-                       help="optimizer taking the step (fresh: the step is its first)")
-    group.add_argument("--minLR", type=experiment.log10_rate, default=-5.0,
-                       help="log10 of the smallest learning rate probed")
-    group.add_argument("--maxLR", type=experiment.log10_rate, default=1.0,
-                       help="log10 of the largest learning rate probed")
-    group.add_argument("--n_points", type=experiment.positive_int, default=13,
-                       help="number of learning rates, log-spaced from 10^minLR to 10^maxLR")
+    group.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        default="SGD",
+        help="optimizer taking the step (fresh: the step is its first)",
+    )
+    group.add_argument(
+        "--minLR", type=experiment.log10_rate, default=-5.0, help="log10 of the smallest learning rate probed"
+    )
+    group.add_argument(
+        "--maxLR", type=experiment.log10_rate, default=1.0, help="log10 of the largest learning rate probed"
+    )
+    group.add_argument(
+        "--n_points",
+        type=experiment.positive_int,
+        default=13,
+        help="number of learning rates, log-spaced from 10^minLR to 10^maxLR",
+    )
     group = parser.add_argument_group("run")
-    group.add_argument("--seed", type=experiment.nonnegative_int, default=0,
-                       help="seed of the initialisation, of the batch drawn and of dropout")
-    group.add_argument("--out", default="lr_scan.png",
-                       help="path of the figure (PNG); the numbers go to the same path with .json")
-    group.add_argument("--no-cuda", action="store_true",
-                       help="run on the CPU even when CUDA is available")
+    group.add_argument(
+        "--seed",
+        type=experiment.nonnegative_int,
+        default=0,
+        help="seed of the initialisation, of the batch drawn and of dropout",
+    )
+    group.add_argument(
+        "--out", default="lr_scan.png", help="path of the figure (PNG); the numbers go to the same path with .json"
+    )
+    group.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
     parser.add_check(_check_args)
     return parser
 
 
-def _check_args(args) -> Optional[str]:
+def _check_args(args) -> str | None:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         return f"--out {args.out}: expected the path of a .png file"
@@ -86,7 +109,7 @@ def _check_args(args) -> Optional[str]:
 def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:
     """``n_points`` learning rates log-spaced from ``10**min_log10`` to ``10**max_log10``."""
     if n_points == 1:
-        return [10.0 ** min_log10]
+        return [10.0**min_log10]
     step = (max_log10 - min_log10) / (n_points - 1)
     return [10.0 ** (min_log10 + i * step) for i in range(n_points)]
 
@@ -101,8 +124,14 @@ def main(args) -> LRScanResult:
     experiment.seed_everything(args.seed)
     try:
         train_loader, _, _, n_classes = data.get_image_loaders(
-            args.dataset, args.data_path, args.batch_size, data_augm=False, device=device,
-            seed=args.seed, limit=args.batch_size)
+            args.dataset,
+            args.data_path,
+            args.batch_size,
+            data_augm=False,
+            device=device,
+            seed=args.seed,
+            limit=args.batch_size,
+        )
     except data.DataError as error:
         experiment.exit_with_error(PROG, error)
 

@@ -11,6 +11,7 @@ A baseline, plain SGD at one learning rate:
 Each run writes config.json, metrics.jsonl, checkpoint.pt, best.pt and
 summary.json into --out_dir; --resume continues it.
 """
+
 import argparse
 import math
 
@@ -25,23 +26,36 @@ import models
 
 PROG = "main_cnn.py"
 DEFAULTS = experiment.ScriptDefaults(
-    datasets=data.IMAGE_DATASETS, dataset="cifar10", dry_run_dataset="fake", batch_size=32,
-    min_lr_log10=-5, max_lr_log10=1, n_classifiers=10)
-DRY_RUN_BATCHES = 3       # batches per split with --dry_run
-REFRESH_EVERY = 10        # batches between two host reads of the running loss (progress bar, divergence)
+    datasets=data.IMAGE_DATASETS,
+    dataset="cifar10",
+    dry_run_dataset="fake",
+    batch_size=32,
+    min_lr_log10=-5,
+    max_lr_log10=1,
+    n_classifiers=10,
+)
+DRY_RUN_BATCHES = 3  # batches per split with --dry_run
+REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
 def build_parser() -> experiment.ArgumentParser:
     parser = experiment.ArgumentParser(prog=PROG, description=__doc__)
     groups = experiment.add_common_arguments(parser, DEFAULTS)
     groups["data"].add_argument(
-        "--data_augm", action=argparse.BooleanOptionalAction, default=True,
-        help="augment the training images: random crop 32 with padding 4, horizontal flip")
+        "--data_augm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="augment the training images: random crop 32 with padding 4, horizontal flip",
+    )
     groups["model"].add_argument(
-        "--model_name", choices=list(models.MODELS), default="GoogLeNet", help="pre-classifier network")
+        "--model_name", choices=list(models.MODELS), default="GoogLeNet", help="pre-classifier network"
+    )
     groups["model"].add_argument(
-        "--size_multiplier", type=experiment.positive_float, default=1.0,
-        help="width multiplier of the network (the paper's 'width x3' rows use 3)")
+        "--size_multiplier",
+        type=experiment.positive_float,
+        default=1.0,
+        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
+    )
     return parser
 
 
@@ -59,7 +73,7 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -
             loss = model.loss(output, y)
             optimizer.zero_grad()
             loss.backward()
-            optimizer.step(lambda: loss)  # the closure gives the loss to optimizers that use it (AliG)
+            optimizer.step(lambda loss=loss: loss)  # the closure gives the loss to optimizers that use it (AliG)
             if use_alrao:
                 meter.add(loss, output, y, model.last_copy_losses, model.last_copy_outputs)
                 model.update_switch()
@@ -97,27 +111,41 @@ def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
     device, device_text = experiment.choose_device(args.no_cuda)
     try:
-        run = experiment.Run(args, PROG, f"cnn-{args.model_name}-{'alrao' if args.use_alrao else 'plain'}"
-                                         f"-{args.optimizer}-seed{args.seed}", device)
+        run = experiment.Run(
+            args,
+            PROG,
+            f"cnn-{args.model_name}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
+            device,
+        )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
         experiment.seed_everything(args.seed)
         train_loader, valid_loader, test_loader, n_classes = data.get_image_loaders(
-            args.dataset, args.data_path, args.batch_size, data_augm=args.data_augm, device=device,
-            seed=args.seed, num_workers=args.num_workers,
-            limit=DRY_RUN_BATCHES * args.batch_size if args.dry_run else None)
+            args.dataset,
+            args.data_path,
+            args.batch_size,
+            data_augm=args.data_augm,
+            device=device,
+            seed=args.seed,
+            num_workers=args.num_workers,
+            limit=DRY_RUN_BATCHES * args.batch_size if args.dry_run else None,
+        )
     except (experiment.UsageError, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
 
     preclassifier = models.build_preclassifier(args.model_name, args.size_multiplier)
-    model = experiment.build_model(args, preclassifier, alrao.LinearClassifier,
-                                   preclassifier.num_features, n_classes).to(device)
+    model = experiment.build_model(
+        args, preclassifier, alrao.LinearClassifier, preclassifier.num_features, n_classes
+    ).to(device)
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(  # training images: Schedule-Free's BatchNorm statistics
-        model, optimizer, args, calibration_batches=lambda: (x.to(device) for x, _ in train_loader))
+        model, optimizer, args, calibration_batches=lambda: (x.to(device) for x, _ in train_loader)
+    )
     counts = experiment.count_parameters(model)
-    print(f"parameters: {counts['n_parameters'] / 1e6:.3f}M "
-          f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)")
+    print(
+        f"parameters: {counts['n_parameters'] / 1e6:.3f}M "
+        f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
+    )
 
     run.start(model, optimizer, hooks, device=device_text, **counts)
     with run:
@@ -129,8 +157,9 @@ def main(args) -> dict:
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
-                splits.update(valid=evaluate(evaluated, valid_loader, device),
-                              test=evaluate(evaluated, test_loader, device))
+                splits.update(
+                    valid=evaluate(evaluated, valid_loader, device), test=evaluate(evaluated, test_loader, device)
+                )
             run.end_epoch(experiment.epoch_record(model, optimizer, splits, diverged=train["diverged"]))
     return run.finish()
 

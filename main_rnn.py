@@ -14,6 +14,7 @@ A baseline, plain SGD at one learning rate:
 Each run writes config.json, metrics.jsonl, checkpoint.pt, best.pt and
 summary.json into --out_dir; --resume continues it.
 """
+
 import math
 
 import torch
@@ -27,32 +28,49 @@ import models
 
 PROG = "main_rnn.py"
 DEFAULTS = experiment.ScriptDefaults(
-    datasets=data.TEXT_CORPORA, dataset="ptb", dry_run_dataset="pydoc", batch_size=20,
-    min_lr_log10=-3, max_lr_log10=2, n_classifiers=6, data_path="datasets/ptb", data_loader=False)
-EVAL_BATCH_SIZE = 10      # parallel streams of the validation and test text (as the authors' code)
-DRY_RUN_BATCHES = 3       # bptt segments per split with --dry_run
-REFRESH_EVERY = 10        # batches between two host reads of the running loss (progress bar, divergence)
+    datasets=data.TEXT_CORPORA,
+    dataset="ptb",
+    dry_run_dataset="pydoc",
+    batch_size=20,
+    min_lr_log10=-3,
+    max_lr_log10=2,
+    n_classifiers=6,
+    data_path="datasets/ptb",
+    data_loader=False,
+)
+EVAL_BATCH_SIZE = 10  # parallel streams of the validation and test text (as the authors' code)
+DRY_RUN_BATCHES = 3  # bptt segments per split with --dry_run
+REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
 def build_parser() -> experiment.ArgumentParser:
     parser = experiment.ArgumentParser(prog=PROG, description=__doc__)
     groups = experiment.add_common_arguments(parser, DEFAULTS)
-    groups["data"].add_argument("--char_prediction", action="store_true",
-                                help="predict the next character (the paper's task) instead of the next word")
-    groups["model"].add_argument("--emsize", type=experiment.positive_int, default=100,
-                                 help="size of the token embeddings")
-    groups["model"].add_argument("--nhid", type=experiment.positive_int, default=100,
-                                 help="hidden units per LSTM layer")
-    groups["model"].add_argument("--nlayers", type=experiment.positive_int, default=2,
-                                 help="number of LSTM layers")
-    groups["model"].add_argument("--drop_out", type=experiment.probability, default=0.2,
-                                 help="dropout probability")
+    groups["data"].add_argument(
+        "--char_prediction",
+        action="store_true",
+        help="predict the next character (the paper's task) instead of the next word",
+    )
+    groups["model"].add_argument(
+        "--emsize", type=experiment.positive_int, default=100, help="size of the token embeddings"
+    )
+    groups["model"].add_argument(
+        "--nhid", type=experiment.positive_int, default=100, help="hidden units per LSTM layer"
+    )
+    groups["model"].add_argument("--nlayers", type=experiment.positive_int, default=2, help="number of LSTM layers")
+    groups["model"].add_argument("--drop_out", type=experiment.probability, default=0.2, help="dropout probability")
     groups["optimisation"].add_argument(
-        "--bptt", type=experiment.positive_int, default=35,
-        help="tokens of truncated back-propagation through time (the paper's character-level setup: 70)")
+        "--bptt",
+        type=experiment.positive_int,
+        default=35,
+        help="tokens of truncated back-propagation through time (the paper's character-level setup: 70)",
+    )
     groups["optimisation"].add_argument(
-        "--clip", type=experiment.nonnegative_float, default=0.25,
-        help="maximal gradient norm of the pre-classifier and of each classifier copy (0: no clipping)")
+        "--clip",
+        type=experiment.nonnegative_float,
+        default=0.25,
+        help="maximal gradient norm of the pre-classifier and of each classifier copy (0: no clipping)",
+    )
     return parser
 
 
@@ -89,7 +107,7 @@ def train_epoch(model, source, optimizer, args, epoch: int) -> dict:
             optimizer.zero_grad()
             loss.backward()
             clip_gradients(model, args.clip)
-            optimizer.step(lambda: loss)  # the closure gives the loss to optimizers that use it (AliG)
+            optimizer.step(lambda loss=loss: loss)  # the closure gives the loss to optimizers that use it (AliG)
             if args.use_alrao:
                 meter.add(loss, output, targets, model.last_copy_losses, model.last_copy_outputs)
                 model.update_switch()
@@ -134,16 +152,23 @@ def main(args) -> dict:
     device, device_text = experiment.choose_device(args.no_cuda)
     level = "char" if args.char_prediction else "word"
     try:
-        run = experiment.Run(args, PROG, f"rnn-{args.dataset}-{level}-{'alrao' if args.use_alrao else 'plain'}"
-                                         f"-{args.optimizer}-seed{args.seed}", device)
+        run = experiment.Run(
+            args,
+            PROG,
+            f"rnn-{args.dataset}-{level}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
+            device,
+        )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
         experiment.seed_everything(args.seed)
         corpus = data.get_corpus(args.dataset, args.data_path, char_level=args.char_prediction)
     except (experiment.UsageError, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
-    splits = {"train": (corpus.train, args.batch_size), "valid": (corpus.valid, EVAL_BATCH_SIZE),
-              "test": (corpus.test, EVAL_BATCH_SIZE)}
+    splits = {
+        "train": (corpus.train, args.batch_size),
+        "valid": (corpus.valid, EVAL_BATCH_SIZE),
+        "test": (corpus.test, EVAL_BATCH_SIZE),
+    }
     if args.dry_run:
         splits = {name: (dry_run_tokens(tokens, n, args.bptt), n) for name, (tokens, n) in splits.items()}
     try:
@@ -158,8 +183,10 @@ def main(args) -> dict:
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(model, optimizer, args)
     counts = experiment.count_parameters(model)
-    print(f"parameters: {counts['n_parameters'] / 1e6:.3f}M "
-          f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)")
+    print(
+        f"parameters: {counts['n_parameters'] / 1e6:.3f}M "
+        f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
+    )
 
     run.start(model, optimizer, hooks, device=device_text, ntoken=ntoken, **counts)
     with run:
@@ -169,10 +196,18 @@ def main(args) -> dict:
             results = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
-                results.update(valid=evaluate(evaluated, valid_data, args.bptt),
-                               test=evaluate(evaluated, test_data, args.bptt))
-            run.end_epoch(experiment.epoch_record(model, optimizer, results, diverged=train["diverged"],
-                                                  loss_unit="bpc" if args.char_prediction else "ppl"))
+                results.update(
+                    valid=evaluate(evaluated, valid_data, args.bptt), test=evaluate(evaluated, test_data, args.bptt)
+                )
+            run.end_epoch(
+                experiment.epoch_record(
+                    model,
+                    optimizer,
+                    results,
+                    diverged=train["diverged"],
+                    loss_unit="bpc" if args.char_prediction else "ppl",
+                )
+            )
     return run.finish()
 
 

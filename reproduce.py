@@ -16,11 +16,11 @@ same command again resumes a sweep. A failed run is reported and the others go
 on (exit status 1). --collect_only writes the tables and figures from the runs
 already there.
 """
+
 import shlex
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import data
 import experiment
@@ -39,55 +39,117 @@ SLURM_FLAGS = ("slurm_partition", "slurm_timeout_min", "slurm_gpus", "slurm_cpus
 
 def build_parser() -> experiment.ArgumentParser:
     parser = experiment.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, ALL], metavar="EXPERIMENT",
-                        help="what to reproduce: " + "; ".join(f"{name}: {e.help}" for name, e in EXPERIMENTS.items())
-                             + f"; {ALL}: every one")
+    parser.add_argument(
+        "experiments",
+        nargs="+",
+        choices=[*EXPERIMENTS, ALL],
+        metavar="EXPERIMENT",
+        help="what to reproduce: "
+        + "; ".join(f"{name}: {e.help}" for name, e in EXPERIMENTS.items())
+        + f"; {ALL}: every one",
+    )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--profile", choices=list(PROFILES), default="paper",
-                      help="; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()))
-    what.add_argument("--models", nargs="+", choices=list(MODEL_NAMES), default=None, metavar="MODEL",
-                      help=f"only these models, among {', '.join(MODEL_NAMES)} "
-                           "(default: the profile's for each experiment)")
-    what.add_argument("--seeds", nargs="+", type=experiment.nonnegative_int, default=None,
-                      help="only these seeds, e.g. 0 1 (default: the profile's: 0 to its number of runs - 1)")
-    what.add_argument("--epochs", type=experiment.positive_int, default=None,
-                      help="maximal number of epochs of every run (default: the profile's)")
-    what.add_argument("--dataset", choices=list(DATASETS), default=None,
-                      help="data set of the runs that accept it: an image one for the CNNs, a text one for "
-                           "the LSTM (default: the profile's)")
-    what.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=None, metavar="OPTIMIZER",
-                      help=f"the baselines experiment runs only these, among {', '.join(BASELINES)} "
-                           "(default: every one whose package is installed)")
-    what.add_argument("--dry_run", action="store_true",
-                      help="every run with --dry_run: a few batches, to check the whole pipeline in seconds")
+    what.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="paper",
+        help="; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()),
+    )
+    what.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODEL_NAMES),
+        default=None,
+        metavar="MODEL",
+        help=f"only these models, among {', '.join(MODEL_NAMES)} (default: the profile's for each experiment)",
+    )
+    what.add_argument(
+        "--seeds",
+        nargs="+",
+        type=experiment.nonnegative_int,
+        default=None,
+        help="only these seeds, e.g. 0 1 (default: the profile's: 0 to its number of runs - 1)",
+    )
+    what.add_argument(
+        "--epochs",
+        type=experiment.positive_int,
+        default=None,
+        help="maximal number of epochs of every run (default: the profile's)",
+    )
+    what.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=None,
+        help="data set of the runs that accept it: an image one for the CNNs, a text one for "
+        "the LSTM (default: the profile's)",
+    )
+    what.add_argument(
+        "--baselines",
+        nargs="+",
+        choices=list(BASELINES),
+        default=None,
+        metavar="OPTIMIZER",
+        help=f"the baselines experiment runs only these, among {', '.join(BASELINES)} "
+        "(default: every one whose package is installed)",
+    )
+    what.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="every run with --dry_run: a few batches, to check the whole pipeline in seconds",
+    )
 
     where = parser.add_argument_group("where")
-    where.add_argument("--out_dir", default=None,
-                       help="folder of the runs (default: runs/reproduce-<profile>)")
-    where.add_argument("--results_dir", default=None,
-                       help="folder of the tables and figures (default: results/ for the paper profile, "
-                            "results/<profile>/ for the others)")
+    where.add_argument("--out_dir", default=None, help="folder of the runs (default: runs/reproduce-<profile>)")
+    where.add_argument(
+        "--results_dir",
+        default=None,
+        help="folder of the tables and figures (default: results/ for the paper profile, "
+        "results/<profile>/ for the others)",
+    )
 
     how = parser.add_argument_group("how")
-    how.add_argument("--launcher", choices=list(LAUNCHERS), default="local",
-                     help="local: subprocesses on this machine, --jobs at a time; inline: in this process, one "
-                          "at a time (debugging); slurm: one Slurm job per run through submitit")
-    how.add_argument("--jobs", type=experiment.positive_int, default=None,
-                     help="runs at a time with --launcher local (default: one per visible GPU, or 1)")
-    how.add_argument("--collect_only", action="store_true",
-                     help="train nothing: write the tables and figures from the runs already in --out_dir")
+    how.add_argument(
+        "--launcher",
+        choices=list(LAUNCHERS),
+        default="local",
+        help="local: subprocesses on this machine, --jobs at a time; inline: in this process, one "
+        "at a time (debugging); slurm: one Slurm job per run through submitit",
+    )
+    how.add_argument(
+        "--jobs",
+        type=experiment.positive_int,
+        default=None,
+        help="runs at a time with --launcher local (default: one per visible GPU, or 1)",
+    )
+    how.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="train nothing: write the tables and figures from the runs already in --out_dir",
+    )
     how.add_argument("--slurm_partition", default=None, help="Slurm partition of the jobs")
-    how.add_argument("--slurm_timeout_min", type=experiment.positive_int, default=None,
-                     help=f"time limit of each job in minutes (default: {SlurmOptions.timeout_min})")
-    how.add_argument("--slurm_gpus", type=experiment.nonnegative_int, default=None,
-                     help=f"GPUs per job (default: {SlurmOptions.gpus_per_job})")
-    how.add_argument("--slurm_cpus", type=experiment.positive_int, default=None,
-                     help=f"CPU cores per job (default: {SlurmOptions.cpus_per_job})")
+    how.add_argument(
+        "--slurm_timeout_min",
+        type=experiment.positive_int,
+        default=None,
+        help=f"time limit of each job in minutes (default: {SlurmOptions.timeout_min})",
+    )
+    how.add_argument(
+        "--slurm_gpus",
+        type=experiment.nonnegative_int,
+        default=None,
+        help=f"GPUs per job (default: {SlurmOptions.gpus_per_job})",
+    )
+    how.add_argument(
+        "--slurm_cpus",
+        type=experiment.positive_int,
+        default=None,
+        help=f"CPU cores per job (default: {SlurmOptions.cpus_per_job})",
+    )
     parser.add_check(_check)
     return parser
 
 
-def _check(args) -> Optional[str]:
+def _check(args) -> str | None:
     """Fill the defaults that depend on other flags; the first inconsistency, as a message."""
     args.experiments_given = list(dict.fromkeys(args.experiments))  # as typed ("all" stays "all")
     if ALL in args.experiments:
@@ -111,8 +173,10 @@ def _check(args) -> Optional[str]:
     if args.dataset is not None and args.models is not None:
         cnn = args.dataset in data.IMAGE_DATASETS
         if not any((m in CNN_MODELS) == cnn for m in args.models):
-            return (f"--dataset {args.dataset} is {'an image' if cnn else 'a text'} data set, but --models "
-                    f"{' '.join(args.models)} has no {'CNN' if cnn else 'LSTM'}")
+            return (
+                f"--dataset {args.dataset} is {'an image' if cnn else 'a text'} data set, but --models "
+                f"{' '.join(args.models)} has no {'CNN' if cnn else 'LSTM'}"
+            )
     if args.out_dir is None:
         args.out_dir = str(Path("runs") / f"reproduce-{args.profile}")
     if args.results_dir is None:
@@ -138,9 +202,15 @@ def main(args) -> int:
     """Run the sweeps of ``args.experiments`` (from :func:`build_parser`), then write their tables
     and figures. Returns the exit status: 0, or 1 when some runs failed."""
     start = time.perf_counter()
-    plan = Plan(PROFILES[args.profile], models=tuple(args.models) if args.models else None,
-                seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs, dataset=args.dataset,
-                dry_run=args.dry_run, baselines=tuple(args.baselines) if args.baselines else None)
+    plan = Plan(
+        PROFILES[args.profile],
+        models=tuple(args.models) if args.models else None,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        epochs=args.epochs,
+        dataset=args.dataset,
+        dry_run=args.dry_run,
+        baselines=tuple(args.baselines) if args.baselines else None,
+    )
     out_dir, results_dir = Path(args.out_dir), Path(args.results_dir)
     runs = unique(run for name in args.experiments for run in EXPERIMENTS[name].runs(plan))
     print(f"{', '.join(args.experiments)}, profile {args.profile}: {len(runs)} runs in {out_dir}")
@@ -149,9 +219,18 @@ def main(args) -> int:
             print(f"{name}: {warning}")
     failed = []
     if not args.collect_only:
-        slurm = SlurmOptions(**{field: value for field, value in (
-            ("partition", args.slurm_partition), ("timeout_min", args.slurm_timeout_min),
-            ("gpus_per_job", args.slurm_gpus), ("cpus_per_job", args.slurm_cpus)) if value is not None})
+        slurm = SlurmOptions(
+            **{
+                field: value
+                for field, value in (
+                    ("partition", args.slurm_partition),
+                    ("timeout_min", args.slurm_timeout_min),
+                    ("gpus_per_job", args.slurm_gpus),
+                    ("cpus_per_job", args.slurm_cpus),
+                )
+                if value is not None
+            }
+        )
         try:
             with sigterm_as_interrupt():
                 outcomes = launch(runs, out_dir, args.launcher, args.jobs or default_jobs(), slurm)

@@ -5,19 +5,33 @@ Each feature of the pre-classifier gets a learning rate drawn log-uniformly in
 ``[min_lr, max_lr]``; the classifier is replaced by copies with log-spaced
 learning rates, averaged by the switch. See README.md for the training loop.
 """
+
 from .alig import AliG
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
-from .lr_scan import LRScanResult, lr_scan, plot_lr_scan
 from .lr_sampling import register_feature_rule, sample_feature_lrs
+from .lr_scan import LRScanResult, lr_scan, plot_lr_scan
 from .model import AlraoModel, classifier_lrs
 from .optim import AlraoAdam, AlraoSGD
 from .relative import relative_factors, relative_lr, relative_param_groups, relative_weight_decay
 from .switch import Switch
 
 __all__ = [
-    "AlraoModel", "AlraoSGD", "AlraoAdam", "Switch",
-    "sample_feature_lrs", "register_feature_rule", "classifier_lrs",
-    "LinearClassifier", "LinearClassifierRNN", "LinearRegressor",
-    "relative_lr", "relative_weight_decay", "relative_factors", "relative_param_groups",
-    "lr_scan", "plot_lr_scan", "LRScanResult", "AliG",
+    "AlraoModel",
+    "AlraoSGD",
+    "AlraoAdam",
+    "Switch",
+    "sample_feature_lrs",
+    "register_feature_rule",
+    "classifier_lrs",
+    "LinearClassifier",
+    "LinearClassifierRNN",
+    "LinearRegressor",
+    "relative_lr",
+    "relative_weight_decay",
+    "relative_factors",
+    "relative_param_groups",
+    "lr_scan",
+    "plot_lr_scan",
+    "LRScanResult",
+    "AliG",
 ]

@@ -21,8 +21,9 @@ deliberate differences: the step size stays on the parameters' device (no
 at 0, so a negative loss (outside AliG's assumption loss >= 0) gives no step
 instead of a gradient-ascent step.
 """
+
 import math
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -69,18 +70,21 @@ class AliG(Optimizer):
         optimizer.step(lambda: loss)
     """
 
-    def __init__(self, params: Iterable, max_lr: Optional[float] = None,
-                 momentum: float = 0.0,
-                 projection_fn: Optional[Callable[[], None]] = None,
-                 eps: float = 1e-5, adjusted_momentum: bool = False):
+    def __init__(
+        self,
+        params: Iterable,
+        max_lr: float | None = None,
+        momentum: float = 0.0,
+        projection_fn: Callable[[], None] | None = None,
+        eps: float = 1e-5,
+        adjusted_momentum: bool = False,
+    ):
         _check_group(dict(max_lr=max_lr, momentum=momentum, eps=eps))
         if not isinstance(adjusted_momentum, bool):
             raise ValueError(f"Invalid adjusted_momentum: {adjusted_momentum!r}; expected True or False")
         if projection_fn is not None and not callable(projection_fn):
-            raise ValueError(f"Invalid projection_fn: {projection_fn!r}; expected a callable "
-                             "with no argument, or None")
-        defaults = dict(max_lr=max_lr, momentum=momentum, eps=eps,
-                        adjusted_momentum=adjusted_momentum, step_size=None)
+            raise ValueError(f"Invalid projection_fn: {projection_fn!r}; expected a callable with no argument, or None")
+        defaults = dict(max_lr=max_lr, momentum=momentum, eps=eps, adjusted_momentum=adjusted_momentum, step_size=None)
         super().__init__(params, defaults)
         # Groups given as dicts may override the defaults: validate them too.
         for group in self.param_groups:
@@ -90,36 +94,38 @@ class AliG(Optimizer):
             projection_fn()
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable] = None):
+    def step(self, closure: Callable | None = None):
         """One AliG step; ``closure`` (required) returns the loss at the current parameters."""
         if closure is None:
-            raise ValueError("AliG.step needs a closure returning the loss value, e.g. "
-                             "optimizer.step(lambda: loss): AliG computes its step size from the loss")
+            raise ValueError(
+                "AliG.step needs a closure returning the loss value, e.g. "
+                "optimizer.step(lambda: loss): AliG computes its step size from the loss"
+            )
         with torch.enable_grad():
             loss = closure()
         if loss is None:
-            raise ValueError("the closure given to AliG.step returned None; it must return the loss "
-                             "(a scalar tensor or a float)")
+            raise ValueError(
+                "the closure given to AliG.step returned None; it must return the loss (a scalar tensor or a float)"
+            )
 
-        params_with_grad = [p for group in self.param_groups for p in group['params']
-                            if p.grad is not None]
+        params_with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if params_with_grad:
             for p in params_with_grad:
                 if p.grad.is_sparse:
                     raise RuntimeError("AliG does not support sparse gradients")
             device = params_with_grad[0].device
             # float64 parameters get a float64 step size; anything else float32.
-            dtype = (torch.float64 if any(p.grad.dtype == torch.float64 for p in params_with_grad)
-                     else torch.float32)
+            dtype = torch.float64 if any(p.grad.dtype == torch.float64 for p in params_with_grad) else torch.float32
             loss_value = _loss_tensor(loss, dtype, device)
             # ||g||^2 over all the optimizer's parameters, as in the paper and the package.
-            grad_sqrd_norm = torch.stack([
-                torch.linalg.vector_norm(p.grad, dtype=dtype).to(device)
-                for p in params_with_grad]).square().sum()
+            grad_sqrd_norm = (
+                torch.stack([torch.linalg.vector_norm(p.grad, dtype=dtype).to(device) for p in params_with_grad])
+                .square()
+                .sum()
+            )
             for group in self.param_groups:
-                step_size = (loss_value / (grad_sqrd_norm + group['eps'])).clamp(
-                    min=0.0, max=group['max_lr'])
-                group['step_size'] = step_size
+                step_size = (loss_value / (grad_sqrd_norm + group["eps"])).clamp(min=0.0, max=group["max_lr"])
+                group["step_size"] = step_size
                 self._update_group(group, step_size)
 
         if self.projection_fn is not None:
@@ -127,8 +133,8 @@ class AliG(Optimizer):
         return loss
 
     def _update_group(self, group: dict, step_size: torch.Tensor) -> None:
-        momentum = group['momentum']
-        for p in group['params']:
+        momentum = group["momentum"]
+        for p in group["params"]:
             if p.grad is None:
                 continue
             grad = p.grad
@@ -138,11 +144,11 @@ class AliG(Optimizer):
             if not momentum:
                 continue
             state = self.state[p]
-            if 'momentum_buffer' not in state:
+            if "momentum_buffer" not in state:
                 # The package allocates zero buffers up front; a lazy zero buffer is the same.
-                state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = state['momentum_buffer']
-            if group['adjusted_momentum']:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            if group["adjusted_momentum"]:
                 buf.mul_(momentum).sub_(grad)
                 p.addcmul_(buf, lr, value=momentum)
             else:
@@ -156,7 +162,7 @@ def _is_number(x) -> bool:
 
 def _check_group(group: dict) -> None:
     """Validate the hyper-parameters of one group (or of the defaults)."""
-    max_lr, momentum, eps = group['max_lr'], group['momentum'], group['eps']
+    max_lr, momentum, eps = group["max_lr"], group["momentum"], group["eps"]
     if max_lr is not None and not (_is_number(max_lr) and max_lr > 0):
         raise ValueError(f"Invalid max_lr: {max_lr!r}; expected a finite number > 0, or None (no clipping)")
     if not (_is_number(momentum) and 0.0 <= momentum < 1.0):
@@ -169,11 +175,13 @@ def _loss_tensor(loss, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     """The closure's loss as a detached 0-dim tensor (no host synchronisation)."""
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
-            raise ValueError(f"the closure given to AliG.step returned a tensor of shape "
-                             f"{tuple(loss.shape)}; expected a scalar loss")
+            raise ValueError(
+                f"the closure given to AliG.step returned a tensor of shape {tuple(loss.shape)}; expected a scalar loss"
+            )
         return loss.detach().reshape(()).to(device=device, dtype=dtype)
     try:
         return torch.tensor(float(loss), dtype=dtype, device=device)
     except (TypeError, ValueError):
-        raise ValueError(f"the closure given to AliG.step returned {loss!r}; expected the loss "
-                         "as a scalar tensor or a float") from None
+        raise ValueError(
+            f"the closure given to AliG.step returned {loss!r}; expected the loss as a scalar tensor or a float"
+        ) from None

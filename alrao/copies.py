@@ -17,7 +17,6 @@ A copy whose output is not finite (too large a learning rate) sends no
 gradient anywhere: its NaNs never reach the pre-classifier nor its own
 parameters, and the average leaves it out (``finite`` mask).
 """
-from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -39,12 +38,11 @@ def known_all_finite(finite: torch.Tensor) -> bool:
     return finite.device.type == "cpu" and bool(finite.all())
 
 
-def evaluate_copies(copies: List[nn.Module], z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y_mix, y_own, finite)``: the copies' outputs stacked ``(N, ...)`` twice and
     the ``(N,)`` mask of copies whose output is all finite."""
     head = _LINEAR_HEADS.get(type(copies[0]))
-    batched = head is not None and all(type(c) is type(copies[0]) for c in copies) and \
-        (head[2] or z.dim() == 2)
+    batched = head is not None and all(type(c) is type(copies[0]) for c in copies) and (head[2] or z.dim() == 2)
     if not torch.is_grad_enabled():
         if batched:
             linears = [getattr(c, head[0]) for c in copies]
@@ -70,7 +68,7 @@ def _linear_forward(z, weights, biases, head):
     a diverged copy produces)."""
     _, log_softmax, flatten = head
     x = z.reshape(-1, z.shape[-1]) if flatten else z
-    weight, bias = torch.stack(weights), torch.stack(biases)        # (N, K, d), (N, K)
+    weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
     a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
     y = torch.log_softmax(a, dim=-1) if log_softmax else a
     return y, torch.isfinite(y.sum(dim=(1, 2))), weight
@@ -118,8 +116,8 @@ class _LinearCopies(torch.autograd.Function):
         grads = [None] * (2 * n)
         if grad_own is not None:
             g = grad_pre_activation(grad_own)
-            grad_weight = torch.bmm(g.transpose(1, 2), x.expand(n, -1, -1))     # (N, K, d)
-            grad_bias = g.sum(dim=1)                                              # (N, K)
+            grad_weight = torch.bmm(g.transpose(1, 2), x.expand(n, -1, -1))  # (N, K, d)
+            grad_bias = g.sum(dim=1)  # (N, K)
             for j in range(n):
                 if ctx.needs_input_grad[2 + 2 * j]:
                     grads[2 * j] = grad_weight[j]
@@ -160,8 +158,9 @@ class _ClassifierCopies(torch.autograd.Function):
         ctx.inner = None
         grad_z = None
         if grad_mix is not None and ctx.needs_input_grad[2]:
-            per_copy = torch.autograd.grad(ys, inputs, list(grad_mix.unbind(0)), allow_unused=True,
-                                           retain_graph=grad_own is not None)
+            per_copy = torch.autograd.grad(
+                ys, inputs, list(grad_mix.unbind(0)), allow_unused=True, retain_graph=grad_own is not None
+            )
             for j, g in enumerate(per_copy):
                 if g is not None:
                     g = torch.where(finite[j], g, torch.zeros((), dtype=g.dtype, device=g.device))
@@ -170,11 +169,13 @@ class _ClassifierCopies(torch.autograd.Function):
         if grad_own is not None:
             wanted = [i for i in range(len(params)) if ctx.needs_input_grad[3 + i]]
             if wanted:
-                grads = torch.autograd.grad(ys, [params[i] for i in wanted], list(grad_own.unbind(0)),
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    ys, [params[i] for i in wanted], list(grad_own.unbind(0)), allow_unused=True
+                )
                 for i, g in zip(wanted, grads):
                     if g is not None:
                         # A diverged copy gets no update (its NaNs stay out of the optimizer).
-                        grad_params[i] = torch.where(finite[owner[i]], g,
-                                                     torch.zeros((), dtype=g.dtype, device=g.device))
+                        grad_params[i] = torch.where(
+                            finite[owner[i]], g, torch.zeros((), dtype=g.dtype, device=g.device)
+                        )
         return (None, None, grad_z, *grad_params)

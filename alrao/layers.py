@@ -4,6 +4,7 @@ Each layer is the "last layer" of the paper (section 3): it maps the
 pre-classifier's output to a prediction. Alrao makes ``n_classifiers`` untied
 copies of one of these and averages them with the switch.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -13,17 +13,18 @@ for a conv filter bank) rather than at the parameter's full size.
 
 Custom layers get a rule with :func:`register_feature_rule`.
 """
+
 import math
 import warnings
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 Draw = Callable[[int], torch.Tensor]
-Rule = Callable[[nn.Module, Draw], Dict[str, torch.Tensor]]
+Rule = Callable[[nn.Module, Draw], dict[str, torch.Tensor]]
 
-_RULES: Dict[type, Rule] = {}
+_RULES: dict[type, Rule] = {}
 
 
 def register_feature_rule(module_type: type, rule: Rule) -> None:
@@ -149,8 +150,9 @@ def check_lr_interval(min_lr: float, max_lr: float) -> None:
         raise ValueError(f"max_lr must be a finite learning rate >= min_lr={min_lr!r}, got {max_lr!r}")
 
 
-def sample_feature_lrs(module: nn.Module, min_lr: float, max_lr: float,
-                       generator: torch.Generator | None = None) -> Dict[nn.Parameter, torch.Tensor]:
+def sample_feature_lrs(
+    module: nn.Module, min_lr: float, max_lr: float, generator: torch.Generator | None = None
+) -> dict[nn.Parameter, torch.Tensor]:
     """One learning rate per feature of ``module``, log-uniform in ``[min_lr, max_lr]``.
 
     Args:
@@ -167,7 +169,7 @@ def sample_feature_lrs(module: nn.Module, min_lr: float, max_lr: float,
         one warning naming them.
     """
     draw = log_uniform_sampler(min_lr, max_lr, generator)
-    lrs: Dict[nn.Parameter, torch.Tensor] = {}
+    lrs: dict[nn.Parameter, torch.Tensor] = {}
     uncovered = []
     for mod_name, mod in module.named_modules():
         own = dict(mod.named_parameters(recurse=False))
@@ -187,12 +189,18 @@ def sample_feature_lrs(module: nn.Module, min_lr: float, max_lr: float,
             try:
                 torch.broadcast_shapes(rate.shape, param.shape)
             except RuntimeError:
-                raise ValueError(f"the feature rule for {type(mod).__name__} gave rates of shape "
-                                 f"{tuple(rate.shape)} for {name!r} of shape {tuple(param.shape)}; "
-                                 "they must broadcast") from None
+                raise ValueError(
+                    f"the feature rule for {type(mod).__name__} gave rates of shape "
+                    f"{tuple(rate.shape)} for {name!r} of shape {tuple(param.shape)}; "
+                    "they must broadcast"
+                ) from None
             lrs[param] = rate.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
     if uncovered:
-        warnings.warn("alrao: no feature rule for " + ", ".join(uncovered) +
-                      "; using one learning rate per slice along dim 0 (per element for 0-d/1-d). "
-                      "Register a rule with alrao.register_feature_rule.", stacklevel=2)
+        warnings.warn(
+            "alrao: no feature rule for "
+            + ", ".join(uncovered)
+            + "; using one learning rate per slice along dim 0 (per element for 0-d/1-d). "
+            "Register a rule with alrao.register_feature_rule.",
+            stacklevel=2,
+        )
     return lrs

@@ -19,12 +19,13 @@ rates per module meaningful: a group built by
 its ``lr`` is set to the probed value times that factor (so the probed value
 is the base rate, and a frozen module stays frozen).
 """
+
 import copy
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,29 +43,42 @@ class LRScanResult:
             point for every probe).
         lr_key: the param-group hyper-parameter that was set to each rate.
     """
+
     lrs: tuple
     losses: tuple
     loss_before: float
-    lr_key: str = 'lr'
+    lr_key: str = "lr"
 
     @property
-    def best_lr(self) -> Optional[float]:
+    def best_lr(self) -> float | None:
         """The rate with the lowest finite loss after the step, or ``None`` if all diverged."""
         finite = [(loss, lr) for lr, loss in zip(self.lrs, self.losses) if math.isfinite(loss)]
         return min(finite)[1] if finite else None
 
     def to_dict(self) -> dict:
         """JSON-ready dict; a non-finite loss becomes ``None`` (JSON has no inf/nan)."""
+
         def clean(x):
             return x if math.isfinite(x) else None
-        return {'lr_key': self.lr_key, 'lrs': list(self.lrs),
-                'losses': [clean(x) for x in self.losses],
-                'loss_before': clean(self.loss_before), 'best_lr': self.best_lr}
+
+        return {
+            "lr_key": self.lr_key,
+            "lrs": list(self.lrs),
+            "losses": [clean(x) for x in self.losses],
+            "loss_before": clean(self.loss_before),
+            "best_lr": self.best_lr,
+        }
 
 
-def lr_scan(model: nn.Module, loss_fn: Callable, batch: Optional[Sequence],
-            optimizer: torch.optim.Optimizer, lrs: Iterable[float], *,
-            lr_key: str = 'lr') -> LRScanResult:
+def lr_scan(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Sequence | None,
+    optimizer: torch.optim.Optimizer,
+    lrs: Iterable[float],
+    *,
+    lr_key: str = "lr",
+) -> LRScanResult:
     """Loss on ``batch`` after one ``optimizer`` step at each rate of ``lrs``.
 
     Args:
@@ -104,14 +118,17 @@ def lr_scan(model: nn.Module, loss_fn: Callable, batch: Optional[Sequence],
         :class:`LRScanResult` with the loss before the step and one loss per rate.
     """
     lrs = _check_lrs(lrs)
-    if not isinstance(lr_key, str) or lr_key == 'params':
-        raise ValueError(f"Invalid lr_key: {lr_key!r}; expected the name of a param-group "
-                         "hyper-parameter such as 'lr' or 'max_lr'")
+    if not isinstance(lr_key, str) or lr_key == "params":
+        raise ValueError(
+            f"Invalid lr_key: {lr_key!r}; expected the name of a param-group hyper-parameter such as 'lr' or 'max_lr'"
+        )
     for index, group in enumerate(optimizer.param_groups):
         if lr_key not in group:
-            keys = sorted(k for k in group if k != 'params')
-            raise ValueError(f"param group {index} of {type(optimizer).__name__} has no "
-                             f"{lr_key!r}; its hyper-parameters are {keys}: pass lr_key= one of them")
+            keys = sorted(k for k in group if k != "params")
+            raise ValueError(
+                f"param group {index} of {type(optimizer).__name__} has no "
+                f"{lr_key!r}; its hyper-parameters are {keys}: pass lr_key= one of them"
+            )
 
     if batch is None:
         compute_loss = loss_fn
@@ -136,7 +153,7 @@ def lr_scan(model: nn.Module, loss_fn: Callable, batch: Optional[Sequence],
         for lr in lrs:
             snapshot.restore()
             for group in optimizer.param_groups:
-                factor = group.get('relative_lr', 1.0) if lr_key == 'lr' else 1.0
+                factor = group.get("relative_lr", 1.0) if lr_key == "lr" else 1.0
                 _set_hyper_parameter(group, lr_key, lr * factor)
             optimizer.step(closure)
             with torch.no_grad():
@@ -145,11 +162,10 @@ def lr_scan(model: nn.Module, loss_fn: Callable, batch: Optional[Sequence],
         snapshot.restore()
     # One transfer to the host for all the values, not one per probe.
     values = torch.stack([loss_before] + losses_after).double().cpu().tolist()
-    return LRScanResult(lrs=tuple(lrs), losses=tuple(values[1:]),
-                        loss_before=values[0], lr_key=lr_key)
+    return LRScanResult(lrs=tuple(lrs), losses=tuple(values[1:]), loss_before=values[0], lr_key=lr_key)
 
 
-def plot_lr_scan(result: LRScanResult, ax=None, path: Optional[str] = None):
+def plot_lr_scan(result: LRScanResult, ax=None, path: str | None = None):
     """Plot the loss after one step against the rate (log x axis); returns the Axes.
 
     The loss before the step is a dashed horizontal line; a rate whose loss is
@@ -163,27 +179,34 @@ def plot_lr_scan(result: LRScanResult, ax=None, path: Optional[str] = None):
     except ImportError:
         raise ImportError("plot_lr_scan needs matplotlib: pip install matplotlib") from None
     if ax is None:
-        ax = Figure(figsize=(6, 4), layout='constrained').add_subplot()
+        ax = Figure(figsize=(6, 4), layout="constrained").add_subplot()
     finite = [(lr, loss) for lr, loss in zip(result.lrs, result.losses) if math.isfinite(loss)]
     diverged = [lr for lr, loss in zip(result.lrs, result.losses) if not math.isfinite(loss)]
     if finite:
-        ax.plot(*zip(*finite), 'o-', label='after one step')
-    ax.axhline(result.loss_before, color='gray', linestyle='--', label='before the step')
+        ax.plot(*zip(*finite), "o-", label="after one step")
+    ax.axhline(result.loss_before, color="gray", linestyle="--", label="before the step")
     if diverged:
         # x in data coordinates, y at the top of the axes: visible whatever the loss scale.
-        ax.plot(diverged, [1.0] * len(diverged), 'x', color='red', clip_on=False,
-                transform=ax.get_xaxis_transform(), label='diverged (not finite)')
-    ax.set_xscale('log')
+        ax.plot(
+            diverged,
+            [1.0] * len(diverged),
+            "x",
+            color="red",
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),
+            label="diverged (not finite)",
+        )
+    ax.set_xscale("log")
     if result.loss_before > 0 and all(loss > 0 for _, loss in finite):
-        ax.set_yscale('log')
+        ax.set_yscale("log")
     ax.set_xlabel(f"learning rate (param group '{result.lr_key}')")
-    ax.set_ylabel('loss on the batch')
+    ax.set_ylabel("loss on the batch")
     ax.legend()
     if path is not None:
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            ax.figure.savefig(tmp, format='png', dpi=120)
+            ax.figure.savefig(tmp, format="png", dpi=120)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -198,7 +221,7 @@ class _Snapshot:
         self.optimizer = optimizer
         # Parameters are restored in place: the optimizer holds references to them.
         params = {}
-        for p in list(model.parameters()) + [p for g in optimizer.param_groups for p in g['params']]:
+        for p in list(model.parameters()) + [p for g in optimizer.param_groups for p in g["params"]]:
             params.setdefault(id(p), p)
         self.params = list(params.values())
         self.values = [p.detach().clone() for p in self.params]
@@ -207,12 +230,13 @@ class _Snapshot:
         # forward (instead of updating it in place) gets its original tensor back.
         self.buffers = []
         for name, buf in model.named_buffers():
-            owner, _, attr = name.rpartition('.')
+            owner, _, attr = name.rpartition(".")
             self.buffers.append((model.get_submodule(owner), attr, buf, buf.detach().clone()))
         self.optimizer_state = copy.deepcopy(optimizer.state_dict())
         self.cpu_rng = torch.get_rng_state()
-        self.cuda_rng = (torch.cuda.get_rng_state_all()
-                         if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+        self.cuda_rng = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -239,8 +263,9 @@ def _check_lrs(lrs) -> list:
         raise ValueError("Invalid lrs: empty; expected at least one positive learning rate")
     for lr in lrs:
         if isinstance(lr, bool) or not isinstance(lr, Real) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"Invalid learning rate in lrs: {lr!r}; expected finite numbers > 0 "
-                             "(learning rates, not their log10)")
+            raise ValueError(
+                f"Invalid learning rate in lrs: {lr!r}; expected finite numbers > 0 (learning rates, not their log10)"
+            )
     return [float(lr) for lr in lrs]
 
 
@@ -248,8 +273,9 @@ def _split_batch(batch):
     try:
         inputs, targets = batch
     except (TypeError, ValueError):
-        raise ValueError("Invalid batch: expected a pair (inputs, targets), or None with a "
-                         "closure as loss_fn") from None
+        raise ValueError(
+            "Invalid batch: expected a pair (inputs, targets), or None with a closure as loss_fn"
+        ) from None
     return inputs, targets
 
 

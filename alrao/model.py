@@ -15,8 +15,9 @@ its own loss with the pre-classifier output held fixed. Both come out of the
 single ``loss.backward()``: the copies are evaluated once in the forward pass
 and the backward pass routes the two gradients (see ``alrao/copies.py``).
 """
+
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -49,8 +50,17 @@ class AlraoModel(nn.Module):
         theta: the switch's prior probability of never switching.
     """
 
-    def __init__(self, task: str, loss: Callable, preclassifier: nn.Module, n_classifiers: int,
-                 classifier_cls: Callable[..., nn.Module], *args, theta: float = 0.9999, **kwargs):
+    def __init__(
+        self,
+        task: str,
+        loss: Callable,
+        preclassifier: nn.Module,
+        n_classifiers: int,
+        classifier_cls: Callable[..., nn.Module],
+        *args,
+        theta: float = 0.9999,
+        **kwargs,
+    ):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -76,8 +86,8 @@ class AlraoModel(nn.Module):
         self.register_buffer("_nonfinite_seen", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def _reset_last(self):
-        self.last_copy_outputs = None   # (N, ...) outputs of the copies on the last batch
-        self.last_copy_losses = None    # (N,) their losses, set by loss()
+        self.last_copy_outputs = None  # (N, ...) outputs of the copies on the last batch
+        self.last_copy_losses = None  # (N,) their losses, set by loss()
         self._last_finite = None
 
     # ------------------------------------------------------------------ forward
@@ -116,7 +126,8 @@ class AlraoModel(nn.Module):
     def _raise_nonfinite(self):
         raise FloatingPointError(
             "AlraoModel: the pre-classifier output contains NaN or inf; the shared network has "
-            "diverged (feature learning rates too large?): lower max_lr")
+            "diverged (feature learning rates too large?): lower max_lr"
+        )
 
     def __getstate__(self):
         # The last batch's outputs hold an autograd graph, which cannot be
@@ -150,8 +161,13 @@ class AlraoModel(nn.Module):
         """Each copy's loss, shape ``(N,)``: one gather for a plain ``nn.NLLLoss``
         (the common case), else one loss call per copy."""
         fn = self.loss_fn
-        if (type(fn) is nn.NLLLoss and fn.weight is None and fn.reduction == "mean"
-                and outputs.dim() == 3 and target.dim() == 1):
+        if (
+            type(fn) is nn.NLLLoss
+            and fn.weight is None
+            and fn.reduction == "mean"
+            and outputs.dim() == 3
+            and target.dim() == 1
+        ):
             valid = target != fn.ignore_index
             index = torch.where(valid, target, 0).view(1, -1, 1).expand(outputs.shape[0], -1, 1)
             picked = outputs.gather(2, index).squeeze(2)

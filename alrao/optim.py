@@ -11,10 +11,10 @@ so every ``torch.optim.lr_scheduler`` scales all the rates unchanged.
 With ``min_lr == max_lr == c`` both optimizers equal ``torch.optim.SGD`` /
 ``torch.optim.Adam`` at ``lr=c`` with the same options (to float rounding).
 """
+
 import math
 import warnings
 from collections import defaultdict
-from typing import Dict, List
 
 import torch
 from torch import nn
@@ -33,11 +33,14 @@ def _check(name: str, value, ok: bool, valid: str) -> None:
 class _FeatureLROptimizer(Optimizer):
     """Shared part of the Alrao optimizers: building the groups and the feature rates."""
 
-    def __init__(self, model: nn.Module, min_lr: float, max_lr: float, defaults: dict,
-                 generator: torch.Generator | None):
+    def __init__(
+        self, model: nn.Module, min_lr: float, max_lr: float, defaults: dict, generator: torch.Generator | None
+    ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"{type(self).__name__} takes the model (an nn.Module or alrao.AlraoModel), "
-                            f"not {type(model).__name__}: feature learning rates are defined by its layers")
+            raise TypeError(
+                f"{type(self).__name__} takes the model (an nn.Module or alrao.AlraoModel), "
+                f"not {type(model).__name__}: feature learning rates are defined by its layers"
+            )
         check_lr_interval(min_lr, max_lr)
         self._generator = generator
         if isinstance(model, AlraoModel):
@@ -59,7 +62,7 @@ class _FeatureLROptimizer(Optimizer):
         feature rates (one per slice along dim 0), with a warning."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        pending: Dict = getattr(self, "_pending_rates", {})
+        pending: dict = getattr(self, "_pending_rates", {})
         draw = None
         for p in group["params"]:
             if "feature_lr" in self.state[p]:
@@ -69,15 +72,18 @@ class _FeatureLROptimizer(Optimizer):
             else:
                 draw = draw or log_uniform_sampler(group["min_lr"], group["max_lr"], self._generator)
                 rate = fallback_lrs(p, draw).to(device=p.device, dtype=p.dtype)
-                warnings.warn(f"{type(self).__name__}: parameter of shape {tuple(p.shape)} added without a "
-                              "module; it gets one learning rate per slice along dim 0", stacklevel=2)
+                warnings.warn(
+                    f"{type(self).__name__}: parameter of shape {tuple(p.shape)} added without a "
+                    "module; it gets one learning rate per slice along dim 0",
+                    stacklevel=2,
+                )
             self.state[p]["feature_lr"] = rate
 
-    def feature_lrs(self) -> Dict[torch.Tensor, torch.Tensor]:
+    def feature_lrs(self) -> dict[torch.Tensor, torch.Tensor]:
         """``{parameter: feature learning rates}`` (compact shape, before the group multiplier)."""
         return {p: self.state[p]["feature_lr"] for g in self.param_groups for p in g["params"]}
 
-    def classifier_lrs(self) -> List[float]:
+    def classifier_lrs(self) -> list[float]:
         """Effective learning rate of each classifier copy (group multiplier included);
         empty for a plain module. Reads device values: call it outside the training step."""
         lrs = []
@@ -87,7 +93,7 @@ class _FeatureLROptimizer(Optimizer):
         return lrs
 
     @staticmethod
-    def _by_device_and_dtype(params: List[torch.Tensor]) -> Dict[tuple, List[int]]:
+    def _by_device_and_dtype(params: list[torch.Tensor]) -> dict[tuple, list[int]]:
         buckets = defaultdict(list)
         for i, p in enumerate(params):
             buckets[(p.device, p.dtype)].append(i)
@@ -114,16 +120,33 @@ class AlraoSGD(_FeatureLROptimizer):
     :func:`alrao.relative_weight_decay` become group multipliers.
     """
 
-    def __init__(self, model: nn.Module, min_lr: float, max_lr: float, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False, foreach: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        min_lr: float,
+        max_lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         _check("momentum", momentum, momentum >= 0.0, ">= 0")
         _check("dampening", dampening, 0.0 <= dampening <= 1.0, "in [0, 1]")
         _check("weight_decay", weight_decay, weight_decay >= 0.0, ">= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
-        defaults = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize, foreach=foreach)
+        defaults = dict(
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+        )
         super().__init__(model, min_lr, max_lr, defaults, generator)
 
     @torch.no_grad()
@@ -140,9 +163,14 @@ class AlraoSGD(_FeatureLROptimizer):
             grads = [p.grad for p in params]
             lrs = [self.state[p]["feature_lr"] for p in params]
             bufs = [self.state[p].get("momentum_buffer") for p in params]
-            kwargs = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                          maximize=group["maximize"])
+            kwargs = dict(
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+            )
             update = _sgd_foreach if group["foreach"] else _sgd_reference
             update(params, grads, bufs, lrs, **kwargs)
             if group["momentum"] != 0:
@@ -200,14 +228,26 @@ class AlraoAdam(_FeatureLROptimizer):
             Adam; the authors' Alrao-Adam silently dropped it, and momentum).
     """
 
-    def __init__(self, model: nn.Module, min_lr: float, max_lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        min_lr: float,
+        max_lr: float,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         _check("betas", betas, len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas), "two numbers in [0, 1)")
         _check("eps", eps, eps >= 0.0, ">= 0")
         _check("weight_decay", weight_decay, weight_decay >= 0.0, ">= 0")
-        defaults = dict(betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach)
+        defaults = dict(
+            betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, foreach=foreach
+        )
         super().__init__(model, min_lr, max_lr, defaults, generator)
 
     @torch.no_grad()
@@ -232,9 +272,17 @@ class AlraoAdam(_FeatureLROptimizer):
                 state["step"] += 1
             states = [self.state[p] for p in params]
             update = _adam_foreach if group["foreach"] else _adam_reference
-            update(params, [p.grad for p in params], states, lr=group["lr"], betas=group["betas"],
-                   eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
-                   maximize=group["maximize"])
+            update(
+                params,
+                [p.grad for p in params],
+                states,
+                lr=group["lr"],
+                betas=group["betas"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                amsgrad=group["amsgrad"],
+                maximize=group["maximize"],
+            )
         return loss
 
 

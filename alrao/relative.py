@@ -12,7 +12,6 @@ The marking functions return the module, so they nest inside constructors.
 ``alrao.AlraoSGD`` / ``AlraoAdam`` read the same marks: a relative rate
 multiplies the feature learning rates of the marked parameters.
 """
-from typing import Dict, List, Tuple
 
 from torch import nn
 
@@ -31,8 +30,10 @@ def _mark(module: nn.Module, which: str, key: str, factor: float) -> nn.Module:
                 mod.__dict__.setdefault(_ATTR, {}).setdefault(name, {})[key] = float(factor)
                 marked += 1
     if marked == 0:
-        raise ValueError(f"{type(module).__name__} has no parameter named {which!r} "
-                         "(use 'all', 'weight', 'bias' or a parameter name)")
+        raise ValueError(
+            f"{type(module).__name__} has no parameter named {which!r} "
+            "(use 'all', 'weight', 'bias' or a parameter name)"
+        )
     return module
 
 
@@ -51,10 +52,10 @@ def relative_weight_decay(module: nn.Module, factor: float, which: str = "all") 
     return _mark(module, which, "weight_decay", factor)
 
 
-def relative_factors(module: nn.Module) -> Dict[nn.Parameter, Tuple[float, float]]:
+def relative_factors(module: nn.Module) -> dict[nn.Parameter, tuple[float, float]]:
     """``{parameter: (relative lr, relative weight decay)}`` for every parameter
     of ``module`` (1.0 where unmarked); a shared parameter is counted once."""
-    factors: Dict[nn.Parameter, Tuple[float, float]] = {}
+    factors: dict[nn.Parameter, tuple[float, float]] = {}
     for mod in module.modules():
         marks = mod.__dict__.get(_ATTR, {})
         for name, param in mod.named_parameters(recurse=False):
@@ -64,7 +65,7 @@ def relative_factors(module: nn.Module) -> Dict[nn.Parameter, Tuple[float, float
     return factors
 
 
-def relative_param_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) -> List[dict]:
+def relative_param_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
     """Parameter groups for any ``torch.optim`` optimizer: one group per
     (relative lr, relative weight decay) pair, with ``lr = lr * relative lr`` and
     ``weight_decay = weight_decay * relative weight decay``.
@@ -72,11 +73,18 @@ def relative_param_groups(module: nn.Module, lr: float, weight_decay: float = 0.
     Each group also keeps its factors under ``relative_lr`` and
     ``relative_weight_decay``.
     """
-    groups: Dict[Tuple[float, float], dict] = {}
+    groups: dict[tuple[float, float], dict] = {}
     for param, (rel_lr, rel_wd) in relative_factors(module).items():
-        group = groups.setdefault((rel_lr, rel_wd), {
-            "params": [], "lr": lr * rel_lr, "weight_decay": weight_decay * rel_wd,
-            "relative_lr": rel_lr, "relative_weight_decay": rel_wd})
+        group = groups.setdefault(
+            (rel_lr, rel_wd),
+            {
+                "params": [],
+                "lr": lr * rel_lr,
+                "weight_decay": weight_decay * rel_wd,
+                "relative_lr": rel_lr,
+                "relative_weight_decay": rel_wd,
+            },
+        )
         group["params"].append(param)
     return list(groups.values())
 

@@ -10,6 +10,7 @@ The recurrence is the one of the authors' code, which produced the paper's
 tables (see PAPER.md): log-weights ``logw`` of shape ``(2, N)``, row 0 for "has
 not switched yet", row 1 for "has switched".
 """
+
 import math
 
 import torch
@@ -46,8 +47,9 @@ class Switch(nn.Module):
         # Step counter t of the recurrence (starts at 1); a buffer so that a
         # resumed run continues the prior pi_t = 1/(t+1) where it stopped.
         self.register_buffer("t", torch.ones((), dtype=torch.long))
-        self.register_buffer("_log_prior_switch", torch.tensor([[math.log(theta)], [math.log1p(-theta)]]),
-                             persistent=False)
+        self.register_buffer(
+            "_log_prior_switch", torch.tensor([[math.log(theta)], [math.log1p(-theta)]]), persistent=False
+        )
 
     def posterior(self) -> torch.Tensor:
         """Posterior probabilities of the models, shape ``(n_models,)``, summing to 1."""
@@ -72,8 +74,8 @@ class Switch(nn.Module):
 
         logw = self.logw - losses
         t = self.t.to(logw.dtype)
-        log_pi = -torch.log1p(t)                      # log(1 / (t + 1))
-        log_1m_pi = torch.log(t) - torch.log1p(t)     # log(1 - 1 / (t + 1))
+        log_pi = -torch.log1p(t)  # log(1 / (t + 1))
+        log_1m_pi = torch.log(t) - torch.log1p(t)  # log(1 - 1 / (t + 1))
         pool = torch.logsumexp(logw[0], dim=0) + log_pi
         logw = torch.cat([logw[:1] + log_1m_pi, logw[1:]], dim=0)
         logw = torch.logaddexp(logw, self._log_prior_switch + pool - math.log(self.n_models))

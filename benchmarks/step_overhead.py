@@ -13,6 +13,7 @@ For the word-level LSTM the copies of the 10k-word decoder are most of the
 arithmetic, so the script also prints the share of the Alrao step spent in
 the copies (the step minus a step of the pre-classifier alone).
 """
+
 import argparse
 import statistics
 import sys
@@ -39,10 +40,20 @@ class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 256, 3, padding=1),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -84,7 +95,7 @@ def build(name, device, use_alrao):
     torch.manual_seed(0)
     pre = make().to(device)
     width = pre.num_features
-    if hasattr(pre, "init_hidden"):   # one bptt chunk from a fresh hidden state
+    if hasattr(pre, "init_hidden"):  # one bptt chunk from a fresh hidden state
         inputs = inputs + (pre.init_hidden(inputs[0].shape[1]),)
     loss_fn = nn.NLLLoss()
     if use_alrao:
@@ -110,6 +121,7 @@ def build(name, device, use_alrao):
             opt.zero_grad()
             loss.backward()
             opt.step()
+
     return step, n
 
 
@@ -128,6 +140,7 @@ def pre_only_step(name, device):
         opt.zero_grad()
         out.float().mean().backward()
         opt.step()
+
     return step
 
 
@@ -157,13 +170,18 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--system_malloc", action="store_true",
-                        help="leave glibc's allocator as it is (default: keep freed memory, as the scripts do)")
+    parser.add_argument(
+        "--system_malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: keep freed memory, as the scripts do)",
+    )
     args = parser.parse_args(argv)
     kept = False if args.system_malloc else experiment.keep_freed_memory()
     device = torch.device(args.device)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"steps={args.steps} (median) malloc={'keeps freed memory' if kept else 'system default'}")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"steps={args.steps} (median) malloc={'keeps freed memory' if kept else 'system default'}"
+    )
     print(f"{'setting':<12} {'copies':>6} {'plain ms':>9} {'alrao ms':>9} {'ratio':>6}  notes")
     for name in args.settings:
         plain, _ = build(name, device, use_alrao=False)
@@ -175,8 +193,9 @@ def main(argv=None):
         note = ""
         if name == "lstm-word":
             note = f"copies: {100 * (med[1] - med[2]) / med[1]:.0f}% of the Alrao step"
-        print(f"{name:<12} {n:>6} {1e3 * med[0]:>9.1f} {1e3 * med[1]:>9.1f} {med[1] / med[0]:>6.3f}  {note}",
-              flush=True)
+        print(
+            f"{name:<12} {n:>6} {1e3 * med[0]:>9.1f} {1e3 * med[1]:>9.1f} {med[1] / med[0]:>6.3f}  {note}", flush=True
+        )
 
 
 if __name__ == "__main__":

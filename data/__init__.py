@@ -23,7 +23,7 @@ from .offline import load_digits, load_fake
 from .text import EOS, TEXT_CORPORA, Corpus, Dictionary, batchify, get_batch, get_corpus
 
 #: Names accepted by :func:`get_image_loaders`.
-IMAGE_DATASETS = ('cifar10', 'digits', 'fake')
+IMAGE_DATASETS = ("cifar10", "digits", "fake")
 
 
 def load_image_splits(name: str, data_path, *, download: bool = True, limit=None) -> ImageSplits:
@@ -32,15 +32,25 @@ def load_image_splits(name: str, data_path, *, download: bool = True, limit=None
         raise ValueError(f"unknown image dataset {name!r}; valid: {', '.join(IMAGE_DATASETS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or a positive integer (examples per split), got {limit!r}")
-    if name == 'cifar10':
+    if name == "cifar10":
         return load_cifar10(data_path, download=download).head(limit)
-    if name == 'digits':
+    if name == "digits":
         return load_digits().head(limit)
     return load_fake(limit)
 
 
-def get_image_loaders(name: str, data_path, batch_size: int, *, data_augm: bool, device, seed: int,
-                      num_workers: int = 0, download: bool = True, limit=None):
+def get_image_loaders(
+    name: str,
+    data_path,
+    batch_size: int,
+    *,
+    data_augm: bool,
+    device,
+    seed: int,
+    num_workers: int = 0,
+    download: bool = True,
+    limit=None,
+):
     """Train, validation and test loaders of the image dataset ``name``.
 
     Returns ``(train, valid, test, n_classes)``. Each loader yields ``(x, y)``
@@ -58,12 +68,29 @@ def get_image_loaders(name: str, data_path, batch_size: int, *, data_augm: bool,
     ``limit``: at most this many examples per split (for smoke runs).
     """
     splits = load_image_splits(name, data_path, download=download, limit=limit)
-    train, valid, test = make_loaders(splits, batch_size, data_augm=data_augm, device=device, seed=seed,
-                                      num_workers=num_workers)
+    train, valid, test = make_loaders(
+        splits, batch_size, data_augm=data_augm, device=device, seed=seed, num_workers=num_workers
+    )
     return train, valid, test, splits.n_classes
 
 
-__all__ = ['IMAGE_DATASETS', 'TEXT_CORPORA', 'DataError', 'get_image_loaders', 'load_image_splits',
-           'get_corpus', 'batchify', 'get_batch', 'Corpus', 'Dictionary', 'EOS', 'ImageSet',
-           'ImageSplits', 'DeviceLoader', 'HostLoader', 'epoch_permutation', 'CIFAR10_MEAN',
-           'CIFAR10_STD']
+__all__ = [
+    "IMAGE_DATASETS",
+    "TEXT_CORPORA",
+    "DataError",
+    "get_image_loaders",
+    "load_image_splits",
+    "get_corpus",
+    "batchify",
+    "get_batch",
+    "Corpus",
+    "Dictionary",
+    "EOS",
+    "ImageSet",
+    "ImageSplits",
+    "DeviceLoader",
+    "HostLoader",
+    "epoch_permutation",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+]

@@ -3,6 +3,7 @@
 Train = the first 40,000 images of the 50,000-image training set, validation
 = the last 10,000, test = the 10,000-image test set (PAPER.md, "Protocol").
 """
+
 from pathlib import Path
 
 import torch
@@ -44,18 +45,23 @@ def load_cifar10(data_path, *, download: bool) -> ImageSplits:
         train=ImageSet(train_all.images[:n_train], train_all.labels[:n_train]),
         valid=ImageSet(train_all.images[n_train:], train_all.labels[n_train:]),
         test=_image_set(test_set),
-        n_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, hflip=True)
+        n_classes=10,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        hflip=True,
+    )
 
 
 def _describe_problem(root: Path, download: bool, exc: Exception) -> str:
     """One line: which CIFAR-10 files are missing or corrupted, where, and how to get them."""
     folder = root / CIFAR10.base_folder
     expected = dict(CIFAR10.train_list + CIFAR10.test_list)
-    expected[CIFAR10.meta['filename']] = CIFAR10.meta['md5']
+    expected[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
     missing = [name for name in expected if not (folder / name).is_file()]
-    corrupted = [name for name, md5 in expected.items()
-                 if name not in missing and not check_integrity(str(folder / name), md5)]
-    reason = ' '.join(str(exc).split())
+    corrupted = [
+        name for name, md5 in expected.items() if name not in missing and not check_integrity(str(folder / name), md5)
+    ]
+    reason = " ".join(str(exc).split())
     how = f"download {CIFAR10.url} and extract it into {root}"
     how += f" (the automatic download failed: {reason})" if download else ", or enable the download"
     if corrupted:

@@ -15,6 +15,7 @@ Each loader has ``set_epoch(epoch)``: the shuffling and the augmentation
 randomness of an epoch are functions of ``(seed, epoch)`` only, so a run
 resumed from a checkpoint sees the same batches as an uninterrupted run.
 """
+
 import math
 
 import torch
@@ -93,8 +94,10 @@ class _EpochLoader:
 
 # ----------------------------------------------------------------- device path
 
-def crop_and_flip(batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
-                  padding: int = CROP_PADDING) -> torch.Tensor:
+
+def crop_and_flip(
+    batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING
+) -> torch.Tensor:
     """Crop each image of ``batch`` from its zero-padded version, then mirror it.
 
     Args:
@@ -131,8 +134,9 @@ class DeviceLoader(_EpochLoader):
         seed: the run's seed; with the epoch it fixes the shuffling and the augmentation.
     """
 
-    def __init__(self, images, labels, batch_size, *, mean, std, device, shuffle=False,
-                 augment=False, hflip=True, seed=0):
+    def __init__(
+        self, images, labels, batch_size, *, mean, std, device, shuffle=False, augment=False, hflip=True, seed=0
+    ):
         super().__init__(len(labels), batch_size, shuffle, augment, seed)
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -171,6 +175,7 @@ class DeviceLoader(_EpochLoader):
 
 # ------------------------------------------------------------------- host path
 
+
 class _ImageDataset(Dataset):
     """Normalised (and augmented) images; the augmentation of example ``i`` in
     epoch ``e`` is seeded by ``(seed, e, i)``, whatever worker computes it."""
@@ -184,8 +189,9 @@ class _ImageDataset(Dataset):
             if hflip:
                 steps.append(transforms.RandomHorizontalFlip())
         self.augmentation = transforms.Compose(steps) if steps else None
-        self.normalise = transforms.Compose([transforms.ConvertImageDtype(torch.float32),
-                                             transforms.Normalize(mean, std)])
+        self.normalise = transforms.Compose(
+            [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
+        )
 
     def __len__(self):
         return len(self.labels)
@@ -224,20 +230,26 @@ class HostLoader(_EpochLoader):
     Yields CPU tensors.
     """
 
-    def __init__(self, images, labels, batch_size, *, mean, std, shuffle=False, augment=False,
-                 hflip=True, seed=0, num_workers=0):
+    def __init__(
+        self, images, labels, batch_size, *, mean, std, shuffle=False, augment=False, hflip=True, seed=0, num_workers=0
+    ):
         super().__init__(len(labels), batch_size, shuffle, augment, seed)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-        self.dataset = _ImageDataset(images, labels, mean=mean, std=std, augment=augment,
-                                     hflip=hflip, seed=seed)
+        self.dataset = _ImageDataset(images, labels, mean=mean, std=std, augment=augment, hflip=hflip, seed=seed)
         self.sampler = _EpochSampler(len(labels), shuffle, seed)
         # Workers are started anew each epoch so that they see the dataset's current epoch.
         # The private generator keeps DataLoader from drawing its workers' base seed from
         # torch's global generator, which would shift the run's other random draws.
-        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, persistent_workers=False, drop_last=False,
-                                 generator=torch.Generator().manual_seed(derive_seed(seed, _HOST_AUGMENT)))
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            persistent_workers=False,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(derive_seed(seed, _HOST_AUGMENT)),
+        )
 
     def __iter__(self):
         epoch = self._start_epoch()
@@ -247,16 +259,17 @@ class HostLoader(_EpochLoader):
 
 # --------------------------------------------------------------------- factory
 
-def make_loaders(splits: ImageSplits, batch_size: int, *, data_augm: bool, device, seed: int,
-                 num_workers: int = 0):
+
+def make_loaders(splits: ImageSplits, batch_size: int, *, data_augm: bool, device, seed: int, num_workers: int = 0):
     """``(train, valid, test)`` loaders over ``splits``: device-resident unless
     ``device`` is the CPU. Only train is shuffled, and augmented when ``data_augm``."""
     device = torch.device(device)
 
     def loader(part: ImageSet, train: bool):
-        common = dict(mean=splits.mean, std=splits.std, shuffle=train, augment=train and data_augm,
-                      hflip=splits.hflip, seed=seed)
-        if device.type == 'cpu':
+        common = dict(
+            mean=splits.mean, std=splits.std, shuffle=train, augment=train and data_augm, hflip=splits.hflip, seed=seed
+        )
+        if device.type == "cpu":
             return HostLoader(part.images, part.labels, batch_size, num_workers=num_workers, **common)
         return DeviceLoader(part.images, part.labels, batch_size, device=device, **common)
 

@@ -5,6 +5,7 @@
 - ``fake``: the images of :class:`torchvision.datasets.FakeData`, random 32x32
   images with random labels among 10 classes (nothing to learn: smoke runs only).
 """
+
 import numpy as np
 import torch
 
@@ -33,8 +34,8 @@ def load_digits() -> ImageSplits:
     images, labels = images[order], labels[order]
     n_train = len(labels) - 2 * DIGITS_HELD_OUT
     train = ImageSet(images[:n_train], labels[:n_train])
-    valid = ImageSet(images[n_train:n_train + DIGITS_HELD_OUT], labels[n_train:n_train + DIGITS_HELD_OUT])
-    test = ImageSet(images[n_train + DIGITS_HELD_OUT:], labels[n_train + DIGITS_HELD_OUT:])
+    valid = ImageSet(images[n_train : n_train + DIGITS_HELD_OUT], labels[n_train : n_train + DIGITS_HELD_OUT])
+    test = ImageSet(images[n_train + DIGITS_HELD_OUT :], labels[n_train + DIGITS_HELD_OUT :])
     mean, std = channel_stats(train.images)
     return ImageSplits(train, valid, test, n_classes=10, mean=mean, std=std, hflip=False)
 

@@ -5,7 +5,6 @@ Word level: the tokens of a line are its whitespace-separated words, then
 then ``<eos>`` as the line-end token. The dictionary is built over train,
 valid and test (in that order of first appearance), as in the authors' code.
 """
-from typing import Dict, List, Tuple
 
 import torch
 
@@ -13,17 +12,17 @@ from .errors import DataError
 from .ptb import SPLITS, read_ptb_texts
 
 #: Names accepted by :func:`get_corpus`.
-TEXT_CORPORA = ('ptb', 'pydoc')
+TEXT_CORPORA = ("ptb", "pydoc")
 #: Line-end token, at both levels.
-EOS = '<eos>'
+EOS = "<eos>"
 
 
 class Dictionary:
     """Token <-> id: ``word2idx[token]`` is the id, ``idx2word[id]`` the token."""
 
     def __init__(self):
-        self.word2idx: Dict[str, int] = {}
-        self.idx2word: List[str] = []
+        self.word2idx: dict[str, int] = {}
+        self.idx2word: list[str] = []
 
     def add_word(self, word: str) -> int:
         """Id of ``word``, added with the next free id if new."""
@@ -36,11 +35,11 @@ class Dictionary:
         return len(self.idx2word)
 
 
-def tokenize(text: str, char_level: bool) -> List[str]:
+def tokenize(text: str, char_level: bool) -> list[str]:
     """Tokens of ``text``, line by line, each line followed by :data:`EOS`.
     A final newline does not start an extra (empty) line."""
-    lines = text.split('\n')
-    if lines and lines[-1] == '':
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
         lines.pop()
     tokens = []
     for line in lines:
@@ -65,20 +64,23 @@ class Corpus:
                 self.dictionary.add_word(token)
         word2idx = self.dictionary.word2idx
         self.train, self.valid, self.test = (
-            torch.tensor([word2idx[t] for t in split_tokens], dtype=torch.int64) for split_tokens in tokens)
+            torch.tensor([word2idx[t] for t in split_tokens], dtype=torch.int64) for split_tokens in tokens
+        )
 
 
-def pydoc_texts() -> Tuple[str, str, str]:
+def pydoc_texts() -> tuple[str, str, str]:
     """Python's pydoc topic help (module ``pydoc_data.topics``, sorted by topic),
     split 80 / 10 / 10 % by position, at line boundaries."""
     try:
         from pydoc_data.topics import topics
     except ImportError:
-        raise DataError("this Python installation lacks the standard module pydoc_data.topics "
-                        "(some distributions ship it separately); use the 'ptb' corpus") from None
-    lines = '\n'.join(topics[key] for key in sorted(topics)).split('\n')
+        raise DataError(
+            "this Python installation lacks the standard module pydoc_data.topics "
+            "(some distributions ship it separately); use the 'ptb' corpus"
+        ) from None
+    lines = "\n".join(topics[key] for key in sorted(topics)).split("\n")
     a, b = int(0.8 * len(lines)), int(0.9 * len(lines))
-    return tuple('\n'.join(part) + '\n' for part in (lines[:a], lines[a:b], lines[b:]))
+    return tuple("\n".join(part) + "\n" for part in (lines[:a], lines[a:b], lines[b:]))
 
 
 def get_corpus(name: str, data_path, *, char_level: bool, download: bool = True) -> Corpus:
@@ -91,7 +93,7 @@ def get_corpus(name: str, data_path, *, char_level: bool, download: bool = True)
     """
     if name not in TEXT_CORPORA:
         raise ValueError(f"unknown corpus {name!r}; valid: {', '.join(TEXT_CORPORA)}")
-    if name == 'pydoc':
+    if name == "pydoc":
         return Corpus(*pydoc_texts(), char_level=char_level)
     if data_path is None:
         raise ValueError("get_corpus: the 'ptb' corpus needs data_path, the folder of its files")
@@ -107,9 +109,11 @@ def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
         raise ValueError(f"batchify: batch_size must be a positive integer, got {batch_size!r}")
     n_steps = data.shape[0] // batch_size
     if n_steps < 2:
-        raise ValueError(f"batchify: {data.shape[0]} tokens are too few for {batch_size} streams "
-                         f"(at least 2 tokens per stream are needed)")
-    return data[:n_steps * batch_size].view(batch_size, n_steps).t().contiguous()
+        raise ValueError(
+            f"batchify: {data.shape[0]} tokens are too few for {batch_size} streams "
+            f"(at least 2 tokens per stream are needed)"
+        )
+    return data[: n_steps * batch_size].view(batch_size, n_steps).t().contiguous()
 
 
 def get_batch(source: torch.Tensor, i: int, bptt: int):
@@ -125,4 +129,4 @@ def get_batch(source: torch.Tensor, i: int, bptt: int):
     seq_len = min(bptt, source.shape[0] - 1 - i)
     if i < 0 or seq_len < 1:
         raise ValueError(f"get_batch: start step i must be in [0, {source.shape[0] - 2}], got {i!r}")
-    return source[i:i + seq_len], source[i + 1:i + 1 + seq_len].reshape(-1)
+    return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len].reshape(-1)

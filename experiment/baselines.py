@@ -28,9 +28,10 @@ with Alrao is fair:
 What the loops call around the steps is an :class:`OptimizerHooks` object;
 ordinary optimizers get the no-op one.
 """
+
 import importlib
 import itertools
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -38,9 +39,11 @@ from torch import nn
 import alrao
 
 PIP_EXTRA = "pip install 'alrao[baselines]'"
-LR_OF_BASELINES = ("for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
-                   "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
-                   "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree")
+LR_OF_BASELINES = (
+    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
+    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
+    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
+)
 CALIBRATION_BATCHES = 50  # the Schedule-Free README's number of training batches for the BatchNorm statistics
 
 
@@ -54,8 +57,10 @@ def import_baseline(module: str, package: str, optimizer: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingPackage(f"--optimizer {optimizer} needs the package {package}: pip install {package} "
-                             f"(or all the baselines: {PIP_EXTRA})") from None
+        raise MissingPackage(
+            f"--optimizer {optimizer} needs the package {package}: pip install {package} "
+            f"(or all the baselines: {PIP_EXTRA})"
+        ) from None
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -104,8 +109,12 @@ class ScheduleFreeHooks(OptimizerHooks):
     statistics are those of ``x``, not of ``y`` (the authors' README caveat).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 calibration_batches: Optional[Callable[[], Iterable]] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        calibration_batches: Callable[[], Iterable] | None = None,
+    ):
         super().__init__(model)
         self.optimizer = optimizer
         self.calibration_batches = calibration_batches if has_batch_norm(model) else None
@@ -190,17 +199,20 @@ def alig(model, lr, args):
 def prodigy(model, lr, args):
     # decouple=True (AdamW-style weight decay) is the authors' default.
     return import_baseline("prodigyopt", "prodigyopt", "Prodigy").Prodigy(
-        model.parameters(), lr=lr, weight_decay=args.weight_decay)
+        model.parameters(), lr=lr, weight_decay=args.weight_decay
+    )
 
 
 def dadapt_sgd(model, lr, args):
     return import_baseline("dadaptation", "dadaptation", "DAdaptSGD").DAdaptSGD(
-        model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
 
 
 def dadapt_adam(model, lr, args):
     return import_baseline("dadaptation", "dadaptation", "DAdaptAdam").DAdaptAdam(
-        model.parameters(), lr=lr, weight_decay=args.weight_decay)
+        model.parameters(), lr=lr, weight_decay=args.weight_decay
+    )
 
 
 def _dog(name):
@@ -208,6 +220,7 @@ def _dog(name):
         reps_rel = 1e-4 if has_batch_norm(model) else 1e-6  # the authors' README
         cls = getattr(import_baseline("dog", "dog-optimizer", name), name)
         return cls(model.parameters(), lr=lr, reps_rel=reps_rel, weight_decay=args.weight_decay)
+
     return build
 
 
@@ -218,6 +231,7 @@ def _schedule_free(name):
     def build(model, lr, args):
         cls = getattr(import_baseline("schedulefree", "schedulefree", name), name)
         return cls(model.parameters(), lr=lr, weight_decay=args.weight_decay)  # momentum / betas: their defaults
+
     return build
 
 

@@ -1,6 +1,6 @@
 """Best validation loss so far and the paper's early-stopping rule (PAPER.md, protocol)."""
+
 import math
-from typing import Optional
 
 
 class EarlyStopping:
@@ -15,12 +15,12 @@ class EarlyStopping:
     A non-finite validation loss never counts as an improvement.
     """
 
-    def __init__(self, patience: Optional[int]):
+    def __init__(self, patience: int | None):
         if patience is not None and not (isinstance(patience, int) and patience >= 1):
             raise ValueError(f"patience must be an integer >= 1 or None, got {patience!r}")
         self.patience = patience
         self.best_loss = math.inf
-        self.best_epoch: Optional[int] = None
+        self.best_epoch: int | None = None
         self.epochs_without_improvement = 0
 
     def step(self, epoch: int, valid_loss: float) -> bool:
@@ -37,8 +37,11 @@ class EarlyStopping:
         return self.patience is not None and self.epochs_without_improvement >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                "epochs_without_improvement": self.epochs_without_improvement}
+        return {
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best_loss = state["best_loss"]

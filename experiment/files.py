@@ -5,12 +5,14 @@ then renamed over the target with ``os.replace`` (atomic on POSIX and
 Windows): a reader, or a run killed mid-write, sees either the old file or the
 new one, never half of one.
 """
+
 import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 

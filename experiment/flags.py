@@ -6,10 +6,11 @@ returned by :func:`add_common_arguments`. Checks across flags run inside
 ``parse_args``, so every invalid command line is an argparse error (exit
 status 2) naming the bad value.
 """
+
 import argparse
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
 
 from .baselines import LR_OF_BASELINES
 from .optimizers import OPTIMIZERS, check_optimizer_flags
@@ -44,7 +45,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(**kwargs)
         self._checks = []
 
-    def add_check(self, check: Callable[[argparse.Namespace], Optional[str]]) -> None:
+    def add_check(self, check: Callable[[argparse.Namespace], str | None]) -> None:
         self._checks.append(check)
 
     def parse_known_args(self, args=None, namespace=None):
@@ -59,6 +60,7 @@ class ArgumentParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- value types
 def _number(kind: type, name: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
     """An argparse ``type`` converting to ``kind`` and accepting only values where ``ok`` holds."""
+
     def convert(text: str):
         try:
             value = kind(text)
@@ -67,6 +69,7 @@ def _number(kind: type, name: str, ok: Callable[[float], bool]) -> Callable[[str
         if not (math.isfinite(value) and ok(value)):
             raise argparse.ArgumentTypeError(f"expected {name}, got {text}")
         return value
+
     convert.__name__ = name
     return convert
 
@@ -105,79 +108,124 @@ class ScriptDefaults:
     data_loader: bool = True
 
 
-def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> Dict[str, argparse._ArgumentGroup]:
+def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> dict[str, argparse._ArgumentGroup]:
     """Add the flags both scripts share; returns the argument groups by name (see :data:`GROUPS`)."""
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
 
     data = groups["data"]
-    data.add_argument("--dataset", choices=list(defaults.datasets), default=None,
-                      help=f"data set (default: {defaults.dataset}, or {defaults.dry_run_dataset} "
-                           "with --dry_run)")
-    data.add_argument("--data_path", default=defaults.data_path,
-                      help="folder of the data files (downloaded there when missing)")
-    data.add_argument("--batch_size", type=positive_int, default=defaults.batch_size,
-                      help="mini-batch size for training")
+    data.add_argument(
+        "--dataset",
+        choices=list(defaults.datasets),
+        default=None,
+        help=f"data set (default: {defaults.dataset}, or {defaults.dry_run_dataset} with --dry_run)",
+    )
+    data.add_argument(
+        "--data_path", default=defaults.data_path, help="folder of the data files (downloaded there when missing)"
+    )
+    data.add_argument(
+        "--batch_size", type=positive_int, default=defaults.batch_size, help="mini-batch size for training"
+    )
     if defaults.data_loader:
-        data.add_argument("--num_workers", type=nonnegative_int, default=0,
-                          help="data-loading worker processes (0: load in the main process)")
+        data.add_argument(
+            "--num_workers",
+            type=nonnegative_int,
+            default=0,
+            help="data-loading worker processes (0: load in the main process)",
+        )
 
     optim = groups["optimisation"]
-    optim.add_argument("--optimizer", choices=list(OPTIMIZERS), default="SGD",
-                       help="optimizer (with --use_alrao: its Alrao version)")
+    optim.add_argument(
+        "--optimizer", choices=list(OPTIMIZERS), default="SGD", help="optimizer (with --use_alrao: its Alrao version)"
+    )
     paper = {n: s for n, s in OPTIMIZERS.items() if s.alrao is not None}
     baselines = {n: s for n, s in OPTIMIZERS.items() if s.alrao is None}
-    optim.add_argument("--lr", type=positive_float, default=None,
-                       help="learning rate of the plain optimizer, not used with --use_alrao (default: "
-                            + ", ".join(f"{s.default_lr:g} for {n}" for n, s in paper.items()) + "); "
-                            + LR_OF_BASELINES + " (default: "
-                            + ", ".join(f"{s.default_lr:g} for {n}" for n, s in baselines.items()) + ")")
-    optim.add_argument("--momentum", type=nonnegative_float, default=0.0,
-                       help="momentum (used by " + ", ".join(n for n, s in OPTIMIZERS.items() if "momentum" in s.flags)
-                            + "; the paper uses none)")
-    optim.add_argument("--weight_decay", type=nonnegative_float, default=0.0,
-                       help="L2 penalty (the paper uses none)")
-    optim.add_argument("--epochs", type=positive_int, default=None,
-                       help=f"maximal number of training epochs (default: {EPOCHS}, or {DRY_RUN_EPOCHS} "
-                            "with --dry_run)")
-    optim.add_argument("--early_stopping", action=argparse.BooleanOptionalAction, default=True,
-                       help="stop when the validation loss has not improved for --patience epochs "
-                            "(the paper's rule)")
-    optim.add_argument("--patience", type=positive_int, default=None,
-                       help="epochs without improvement of the validation loss before early stopping "
-                            f"(default: {PATIENCE})")
+    optim.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="learning rate of the plain optimizer, not used with --use_alrao (default: "
+        + ", ".join(f"{s.default_lr:g} for {n}" for n, s in paper.items())
+        + "); "
+        + LR_OF_BASELINES
+        + " (default: "
+        + ", ".join(f"{s.default_lr:g} for {n}" for n, s in baselines.items())
+        + ")",
+    )
+    optim.add_argument(
+        "--momentum",
+        type=nonnegative_float,
+        default=0.0,
+        help="momentum (used by "
+        + ", ".join(n for n, s in OPTIMIZERS.items() if "momentum" in s.flags)
+        + "; the paper uses none)",
+    )
+    optim.add_argument("--weight_decay", type=nonnegative_float, default=0.0, help="L2 penalty (the paper uses none)")
+    optim.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help=f"maximal number of training epochs (default: {EPOCHS}, or {DRY_RUN_EPOCHS} with --dry_run)",
+    )
+    optim.add_argument(
+        "--early_stopping",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop when the validation loss has not improved for --patience epochs (the paper's rule)",
+    )
+    optim.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help=f"epochs without improvement of the validation loss before early stopping (default: {PATIENCE})",
+    )
 
     alrao_group = groups["Alrao"]
-    alrao_group.add_argument("--use_alrao", action="store_true",
-                             help="train with Alrao: random feature learning rates in the pre-classifier, "
-                                  "--n_last_layers classifier copies averaged by the switch")
-    alrao_group.add_argument("--minLR", type=log10_rate, default=None,
-                             help="log10 of min_lr, the lower end of Alrao's learning-rate interval "
-                                  f"(default: {defaults.min_lr_log10:g})")
-    alrao_group.add_argument("--maxLR", type=log10_rate, default=None,
-                             help="log10 of max_lr, the upper end of Alrao's learning-rate interval "
-                                  f"(default: {defaults.max_lr_log10:g})")
-    alrao_group.add_argument("--n_last_layers", type=positive_int, default=None,
-                             help="number of classifier copies (default: "
-                                  f"{defaults.n_classifiers})")
+    alrao_group.add_argument(
+        "--use_alrao",
+        action="store_true",
+        help="train with Alrao: random feature learning rates in the pre-classifier, "
+        "--n_last_layers classifier copies averaged by the switch",
+    )
+    alrao_group.add_argument(
+        "--minLR",
+        type=log10_rate,
+        default=None,
+        help=f"log10 of min_lr, the lower end of Alrao's learning-rate interval (default: {defaults.min_lr_log10:g})",
+    )
+    alrao_group.add_argument(
+        "--maxLR",
+        type=log10_rate,
+        default=None,
+        help=f"log10 of max_lr, the upper end of Alrao's learning-rate interval (default: {defaults.max_lr_log10:g})",
+    )
+    alrao_group.add_argument(
+        "--n_last_layers",
+        type=positive_int,
+        default=None,
+        help=f"number of classifier copies (default: {defaults.n_classifiers})",
+    )
 
     run = groups["run"]
-    run.add_argument("--seed", type=nonnegative_int, default=0,
-                     help="seed of every random number generator (initialisation, data order, "
-                          "dropout, feature learning rates)")
-    run.add_argument("--out_dir", default=None,
-                     help="folder of this run's files (default: a new folder under runs/)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run saved in --out_dir from its last checkpoint")
-    run.add_argument("--dry_run", action="store_true",
-                     help="a few batches of each split, to check a command in seconds")
-    run.add_argument("--no-cuda", action="store_true",
-                     help="run on the CPU even when CUDA is available")
+    run.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of every random number generator (initialisation, data order, dropout, feature learning rates)",
+    )
+    run.add_argument("--out_dir", default=None, help="folder of this run's files (default: a new folder under runs/)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --out_dir from its last checkpoint"
+    )
+    run.add_argument(
+        "--dry_run", action="store_true", help="a few batches of each split, to check a command in seconds"
+    )
+    run.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
 
     parser.add_check(lambda args: _resolve_common(args, defaults))
     return groups
 
 
-def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> Optional[str]:
+def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str | None:
     """Fill the defaults that depend on other flags; the first inconsistency found, as a message."""
     if args.dataset is None:
         args.dataset = defaults.dry_run_dataset if args.dry_run else defaults.dataset
@@ -200,8 +248,10 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> Optio
             args.lr = OPTIMIZERS[args.optimizer].default_lr
         return None
     if args.lr is not None:
-        return (f"--lr {args.lr:g} is the plain optimizer's learning rate and is not used with "
-                "--use_alrao (set Alrao's interval with --minLR/--maxLR)")
+        return (
+            f"--lr {args.lr:g} is the plain optimizer's learning rate and is not used with "
+            "--use_alrao (set Alrao's interval with --minLR/--maxLR)"
+        )
     if args.minLR is None:
         args.minLR = defaults.min_lr_log10
     if args.maxLR is None:
@@ -209,6 +259,8 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> Optio
     if args.n_last_layers is None:
         args.n_last_layers = defaults.n_classifiers
     if args.minLR > args.maxLR:
-        return (f"--minLR {args.minLR:g} is above --maxLR {args.maxLR:g}: they are log10 of the "
-                "interval's lower and upper ends, so --minLR must be <= --maxLR")
+        return (
+            f"--minLR {args.minLR:g} is above --maxLR {args.maxLR:g}: they are log10 of the "
+            "interval's lower and upper ends, so --minLR must be <= --maxLR"
+        )
     return None

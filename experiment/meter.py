@@ -1,6 +1,6 @@
 """Running means of one epoch's loss and accuracy, kept on the device, and the epoch's record."""
+
 import math
-from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -24,8 +24,14 @@ class Meter:
         self.copy_correct = None
 
     @torch.no_grad()
-    def add(self, loss: torch.Tensor, log_probs: torch.Tensor, target: torch.Tensor,
-            copy_losses: Optional[torch.Tensor] = None, copy_log_probs: Optional[torch.Tensor] = None) -> None:
+    def add(
+        self,
+        loss: torch.Tensor,
+        log_probs: torch.Tensor,
+        target: torch.Tensor,
+        copy_losses: torch.Tensor | None = None,
+        copy_log_probs: torch.Tensor | None = None,
+    ) -> None:
         """Add one batch.
 
         Args:
@@ -61,8 +67,13 @@ class Meter:
         return out
 
 
-def epoch_record(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Dict[str, Optional[dict]],
-                 diverged: bool, loss_unit: Optional[str] = None) -> dict:
+def epoch_record(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    splits: dict[str, dict | None],
+    diverged: bool,
+    loss_unit: str | None = None,
+) -> dict:
     """The metrics of one epoch, as logged in ``metrics.jsonl``.
 
     Args:

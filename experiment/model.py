@@ -1,5 +1,6 @@
 """The network of a run: an Alrao model, or the same pre-classifier with one classifier."""
-from typing import Callable
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ class PlainModel(nn.Module):
         return self.loss_fn(output, target)
 
 
-def build_model(args, preclassifier: nn.Module, classifier_cls: Callable[..., nn.Module],
-                *classifier_args) -> nn.Module:
+def build_model(
+    args, preclassifier: nn.Module, classifier_cls: Callable[..., nn.Module], *classifier_args
+) -> nn.Module:
     """With ``args.use_alrao``: an :class:`alrao.AlraoModel` with ``args.n_last_layers``
     copies of ``classifier_cls(*classifier_args)``; otherwise a :class:`PlainModel` with one.
 
@@ -41,8 +43,9 @@ def build_model(args, preclassifier: nn.Module, classifier_cls: Callable[..., nn
     log-likelihood (in nats).
     """
     if args.use_alrao:
-        return alrao.AlraoModel("classification", nn.NLLLoss(), preclassifier, args.n_last_layers,
-                                classifier_cls, *classifier_args)
+        return alrao.AlraoModel(
+            "classification", nn.NLLLoss(), preclassifier, args.n_last_layers, classifier_cls, *classifier_args
+        )
     return PlainModel(nn.NLLLoss(), preclassifier, classifier_cls(*classifier_args))
 
 

@@ -7,8 +7,9 @@ and the optimizer's hooks (:func:`build_optimizer_hooks`) around training,
 evaluation and checkpoints. The tuning-free baselines and their hooks are in
 :mod:`experiment.baselines`; their packages are optional (the ``baselines`` extra).
 """
+
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,14 +43,14 @@ class OptimizerSpec:
     """
 
     default_lr: float
-    flags: FrozenSet[str]
+    flags: frozenset[str]
     plain: Callable[..., torch.optim.Optimizer]
-    alrao: Optional[Callable[..., torch.optim.Optimizer]]
+    alrao: Callable[..., torch.optim.Optimizer] | None
     hooks: Callable[..., OptimizerHooks] = lambda model, optimizer, calibration_batches: OptimizerHooks(model)
-    package: Optional[Tuple[str, str]] = None
+    package: tuple[str, str] | None = None
 
 
-OPTIMIZERS: Dict[str, OptimizerSpec] = {
+OPTIMIZERS: dict[str, OptimizerSpec] = {
     # The paper's baselines: plain SGD (no momentum, no weight decay, no schedule)
     # and Adam with its default hyper-parameters; --momentum / --weight_decay are
     # honoured (the authors' code silently ignored them for the baselines).
@@ -57,18 +58,19 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
         default_lr=0.01,  # the authors' default for --lr
         flags=frozenset({"momentum", "weight_decay"}),
         plain=lambda model, lr, args: torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay),
+            model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay
+        ),
         alrao=lambda model, min_lr, max_lr, args, generator: alrao.AlraoSGD(
-            model, min_lr, max_lr, momentum=args.momentum, weight_decay=args.weight_decay,
-            generator=generator),
+            model, min_lr, max_lr, momentum=args.momentum, weight_decay=args.weight_decay, generator=generator
+        ),
     ),
     "Adam": OptimizerSpec(
         default_lr=1e-3,  # Adam's default, the paper's Adam baseline
         flags=frozenset({"weight_decay"}),
-        plain=lambda model, lr, args: torch.optim.Adam(model.parameters(), lr=lr,
-                                                     weight_decay=args.weight_decay),
+        plain=lambda model, lr, args: torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay),
         alrao=lambda model, min_lr, max_lr, args, generator: alrao.AlraoAdam(
-            model, min_lr, max_lr, weight_decay=args.weight_decay, generator=generator),
+            model, min_lr, max_lr, weight_decay=args.weight_decay, generator=generator
+        ),
     ),
     # Tuning-free baselines, built as their authors document them (experiment/baselines.py).
     # AliG (ours, alrao.AliG): --lr is max_lr, the largest step size; regularisation
@@ -76,36 +78,68 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
     "AliG": OptimizerSpec(
         default_lr=0.1,  # the max_lr of the AliG paper's CIFAR experiments
         flags=frozenset({"momentum"}),
-        plain=baselines.alig, alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AliGHooks(model, optimizer)),
+        plain=baselines.alig,
+        alrao=None,
+        hooks=lambda model, optimizer, calibration_batches: baselines.AliGHooks(model, optimizer),
+    ),
     # Prodigy, D-Adaptation, DoG: --lr multiplies the adapted step size; the authors ask for 1.
     "Prodigy": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"weight_decay"}), plain=baselines.prodigy, alrao=None,
+        default_lr=1.0,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.prodigy,
+        alrao=None,
         hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
-        package=("prodigyopt", "prodigyopt")),
+        package=("prodigyopt", "prodigyopt"),
+    ),
     "DAdaptSGD": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"momentum", "weight_decay"}), plain=baselines.dadapt_sgd, alrao=None,
+        default_lr=1.0,
+        flags=frozenset({"momentum", "weight_decay"}),
+        plain=baselines.dadapt_sgd,
+        alrao=None,
         hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
-        package=("dadaptation", "dadaptation")),
+        package=("dadaptation", "dadaptation"),
+    ),
     "DAdaptAdam": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"weight_decay"}), plain=baselines.dadapt_adam, alrao=None,
+        default_lr=1.0,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.dadapt_adam,
+        alrao=None,
         hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
-        package=("dadaptation", "dadaptation")),
+        package=("dadaptation", "dadaptation"),
+    ),
     "DoG": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"weight_decay"}), plain=baselines.dog, alrao=None,
+        default_lr=1.0,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.dog,
+        alrao=None,
         hooks=lambda model, optimizer, calibration_batches: baselines.AveragedHooks(model, optimizer),
-        package=("dog", "dog-optimizer")),
+        package=("dog", "dog-optimizer"),
+    ),
     "LDoG": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"weight_decay"}), plain=baselines.ldog, alrao=None,
+        default_lr=1.0,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.ldog,
+        alrao=None,
         hooks=lambda model, optimizer, calibration_batches: baselines.AveragedHooks(model, optimizer),
-        package=("dog", "dog-optimizer")),
+        package=("dog", "dog-optimizer"),
+    ),
     # Schedule-Free: --lr is the learning rate (the authors' defaults); their momentum 0.9 / betas.
     "SGDScheduleFree": OptimizerSpec(
-        default_lr=1.0, flags=frozenset({"weight_decay"}), plain=baselines.sgd_schedule_free, alrao=None,
-        hooks=baselines.ScheduleFreeHooks, package=("schedulefree", "schedulefree")),
+        default_lr=1.0,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.sgd_schedule_free,
+        alrao=None,
+        hooks=baselines.ScheduleFreeHooks,
+        package=("schedulefree", "schedulefree"),
+    ),
     "AdamWScheduleFree": OptimizerSpec(
-        default_lr=0.0025, flags=frozenset({"weight_decay"}), plain=baselines.adamw_schedule_free, alrao=None,
-        hooks=baselines.ScheduleFreeHooks, package=("schedulefree", "schedulefree")),
+        default_lr=0.0025,
+        flags=frozenset({"weight_decay"}),
+        plain=baselines.adamw_schedule_free,
+        alrao=None,
+        hooks=baselines.ScheduleFreeHooks,
+        package=("schedulefree", "schedulefree"),
+    ),
 }
 
 # Flags of the optimisation group that only some optimizers use, with the
@@ -113,7 +147,7 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
 OPTIONAL_FLAGS = {"momentum": 0.0, "weight_decay": 0.0}
 
 
-def check_optimizer_flags(args) -> Optional[str]:
+def check_optimizer_flags(args) -> str | None:
     """The error message if ``args`` combine ``--optimizer`` with a flag it does not use, else ``None``."""
     spec = OPTIMIZERS[args.optimizer]
     if spec.package is not None:
@@ -123,16 +157,17 @@ def check_optimizer_flags(args) -> Optional[str]:
             return str(error)
     for flag, unused in OPTIONAL_FLAGS.items():
         if getattr(args, flag) != unused and flag not in spec.flags:
-            return (f"--{flag} {getattr(args, flag)} is not used by --optimizer {args.optimizer} "
-                    f"(it uses: {', '.join(sorted(spec.flags)) or 'no other flag'})")
+            return (
+                f"--{flag} {getattr(args, flag)} is not used by --optimizer {args.optimizer} "
+                f"(it uses: {', '.join(sorted(spec.flags)) or 'no other flag'})"
+            )
     if args.use_alrao and spec.alrao is None:
         alrao_ones = ", ".join(name for name, s in OPTIMIZERS.items() if s.alrao is not None)
         return f"--optimizer {args.optimizer} has no Alrao version (with --use_alrao: {alrao_ones})"
     return None
 
 
-def build_optimizer(model: nn.Module, args, generator: Optional[torch.Generator] = None
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, args, generator: torch.Generator | None = None) -> torch.optim.Optimizer:
     """The optimizer of a run.
 
     With ``args.use_alrao``: the Alrao version over ``model`` (an
@@ -142,12 +177,13 @@ def build_optimizer(model: nn.Module, args, generator: Optional[torch.Generator]
     """
     spec = OPTIMIZERS[args.optimizer]
     if args.use_alrao:
-        return spec.alrao(model, 10.0 ** args.minLR, 10.0 ** args.maxLR, args, generator)
+        return spec.alrao(model, 10.0**args.minLR, 10.0**args.maxLR, args, generator)
     return spec.plain(model, args.lr, args)
 
 
-def build_optimizer_hooks(model: nn.Module, optimizer: torch.optim.Optimizer, args,
-                          calibration_batches: Optional[Callable[[], Iterable]] = None) -> OptimizerHooks:
+def build_optimizer_hooks(
+    model: nn.Module, optimizer: torch.optim.Optimizer, args, calibration_batches: Callable[[], Iterable] | None = None
+) -> OptimizerHooks:
     """The hooks of ``optimizer`` (built by :func:`build_optimizer` from ``args``), which the
     training loop and :class:`experiment.Run` call around training, evaluation and checkpoints.
 
@@ -155,4 +191,3 @@ def build_optimizer_hooks(model: nn.Module, optimizer: torch.optim.Optimizer, ar
     set (for the BatchNorm statistics of Schedule-Free's evaluation point).
     """
     return OPTIMIZERS[args.optimizer].hooks(model, optimizer, calibration_batches)
-

@@ -1,6 +1,6 @@
 """What a run prints: the resolved configuration once, then one summary per epoch."""
+
 import math
-from typing import List, Optional
 
 SPLITS = (("train", "train"), ("valid", "valid"), ("test", "test"))
 # Extra units of a language model's loss: bits per character or perplexity.
@@ -13,12 +13,12 @@ def format_config(config: dict) -> str:
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in config.items())
 
 
-def format_number(value: Optional[float], spec: str) -> str:
+def format_number(value: float | None, spec: str) -> str:
     """``value`` formatted with ``spec``, or ``'nan'`` when missing or not finite."""
     return "nan" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
@@ -40,14 +40,17 @@ def format_epoch(record: dict) -> str:
     return " | ".join(parts)
 
 
-def format_copies(record: dict) -> List[str]:
+def format_copies(record: dict) -> list[str]:
     """With Alrao: one line per classifier copy, its learning rate, switch posterior and
     train loss / accuracy on the epoch."""
     if "posterior" not in record:
         return []
     lines = []
-    for j, (lr, post, loss, acc) in enumerate(zip(record["classifier_lrs"], record["posterior"],
-                                                  record["copy_train_loss"], record["copy_train_acc"])):
-        lines.append(f"    copy {j:>2}  lr {lr:.1e}  posterior {format_number(post, '.3e')}  "
-                     f"train loss {format_number(loss, '.4f')} acc {_percent(acc)}")
+    for j, (lr, post, loss, acc) in enumerate(
+        zip(record["classifier_lrs"], record["posterior"], record["copy_train_loss"], record["copy_train_acc"])
+    ):
+        lines.append(
+            f"    copy {j:>2}  lr {lr:.1e}  posterior {format_number(post, '.3e')}  "
+            f"train loss {format_number(loss, '.4f')} acc {_percent(acc)}"
+        )
     return lines

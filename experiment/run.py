@@ -20,6 +20,7 @@ A script uses it as::
             run.end_epoch(record)                  # log, checkpoint, early stopping, divergence
     summary = run.finish()
 """
+
 import contextlib
 import math
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 try:
     import fcntl
@@ -47,7 +48,12 @@ from .report import format_copies, format_epoch, format_number
 from .runtime import rng_state, set_rng_state
 
 CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json")
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "best.pt",
+    "summary.json",
+)
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY)
 # Held (flock) by the process training the folder's run: a second process on the same folder
 # (a sweep started again while an orphaned run still trains) stops instead of writing over it.
@@ -60,7 +66,12 @@ RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_work
 
 # Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.
 RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (
-    "running", "completed", "early_stopped", "diverged", "interrupted")
+    "running",
+    "completed",
+    "early_stopped",
+    "diverged",
+    "interrupted",
+)
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
 
@@ -74,18 +85,22 @@ def exit_with_error(prog: str, error) -> NoReturn:
     raise SystemExit(2)
 
 
-def best_record(history: List[dict]) -> Optional[dict]:
+def best_record(history: list[dict]) -> dict | None:
     """The epoch record with the lowest finite validation loss (the earliest on a tie), or ``None``."""
     best = None
     for record in history:
         loss = record.get("valid_loss")
-        if (not record.get("diverged") and loss is not None and math.isfinite(loss)
-                and (best is None or loss < best["valid_loss"])):
+        if (
+            not record.get("diverged")
+            and loss is not None
+            and math.isfinite(loss)
+            and (best is None or loss < best["valid_loss"])
+        ):
             best = record
     return best
 
 
-def summarize(history: List[dict], status: str) -> dict:
+def summarize(history: list[dict], status: str) -> dict:
     """How a run ended and its metrics at the best validation epoch (what the paper's tables report)."""
     best = best_record(history)
     summary = {
@@ -120,11 +135,11 @@ class Run:
             args.out_dir = str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.args, self.prog, self.device = args, prog, device
         self.out_dir = Path(args.out_dir)
-        self.history: List[dict] = []
+        self.history: list[dict] = []
         self.stopper = EarlyStopping(args.patience)  # None with --no-early_stopping
         self.status = RUNNING
-        self.epoch = 0             # epochs completed
-        self.saved_epoch = None    # epoch of the checkpoint on disk
+        self.epoch = 0  # epochs completed
+        self.saved_epoch = None  # epoch of the checkpoint on disk
         self.facts = {}
         self.model = self.optimizer = self.hooks = None
         self._epoch_start = None
@@ -137,8 +152,10 @@ class Run:
             self._resumed = None
             found = [f for f in RUN_FILES if (self.out_dir / f).exists()]
             if found:
-                raise UsageError(f"--out_dir {self.out_dir} already holds a run ({', '.join(found)}): "
-                                 "pass --resume to continue it, or choose another --out_dir")
+                raise UsageError(
+                    f"--out_dir {self.out_dir} already holds a run ({', '.join(found)}): "
+                    "pass --resume to continue it, or choose another --out_dir"
+                )
 
     # ------------------------------------------------------------------ resume
     def _read_checkpoint(self) -> dict:
@@ -148,25 +165,32 @@ class Run:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch's messages span many lines: name the error only
-            raise UsageError(f"--resume: cannot read {path} as a checkpoint "
-                             f"({type(error).__name__}; truncated or not written by {self.prog}?)") from None
+            raise UsageError(
+                f"--resume: cannot read {path} as a checkpoint "
+                f"({type(error).__name__}; truncated or not written by {self.prog}?)"
+            ) from None
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
             raise UsageError(f"--resume: {path} is not a checkpoint of this version (format {FORMAT})")
         if checkpoint["script"] != self.prog:
             raise UsageError(f"--resume: {self.out_dir} holds a run of {checkpoint['script']}, not {self.prog}")
         saved, current = checkpoint["args"], vars(self.args)
-        differ = [k for k in sorted(set(saved) | set(current))
-                  if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")]
+        differ = [
+            k
+            for k in sorted(set(saved) | set(current))
+            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
+        ]
         if differ:
-            changes = ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})"
-                                for k in differ)
-            raise UsageError(f"--resume: the command differs from the run in {self.out_dir}: {changes}; "
-                             f"only {', '.join('--' + k for k in sorted(RESUMABLE_FLAGS))} may change")
+            changes = ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
+            raise UsageError(
+                f"--resume: the command differs from the run in {self.out_dir}: {changes}; "
+                f"only {', '.join('--' + k for k in sorted(RESUMABLE_FLAGS))} may change"
+            )
         return checkpoint
 
     # ------------------------------------------------------------------- start
-    def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              hooks: Optional[OptimizerHooks] = None, **facts) -> None:
+    def start(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, hooks: OptimizerHooks | None = None, **facts
+    ) -> None:
         """Begin the run with ``model``, ``optimizer`` and its ``hooks`` freshly built from the flags.
 
         Fresh run: writes ``config.json``, an empty ``metrics.jsonl`` and the
@@ -184,10 +208,17 @@ class Run:
         fd = lock_folder(self.out_dir)
         # released by finish(), by an interruption, or when this object is collected
         self._release_lock = weakref.finalize(self, os.close, fd) if fd is not None else lambda: None
-        write_json(self.out_dir / CONFIG, {
-            "script": self.prog, "args": vars(self.args), **facts,
-            "python": platform.python_version(), "torch": torch.__version__, "commit": git_commit(),
-        })
+        write_json(
+            self.out_dir / CONFIG,
+            {
+                "script": self.prog,
+                "args": vars(self.args),
+                **facts,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "commit": git_commit(),
+            },
+        )
         checkpoint = self._resumed
         if checkpoint is None:
             self._save_checkpoint()
@@ -202,8 +233,10 @@ class Run:
             self.status = checkpoint["status"]
             set_rng_state(checkpoint["rng"], self.device)
             if self.status != RUNNING:
-                print(f"the run in {self.out_dir} already stopped at epoch {self.epoch} "
-                      f"({self.status.replace('_', ' ')}): nothing to train")
+                print(
+                    f"the run in {self.out_dir} already stopped at epoch {self.epoch} "
+                    f"({self.status.replace('_', ' ')}): nothing to train"
+                )
             else:
                 print(f"resuming {self.out_dir} after epoch {self.epoch} (to epoch {self.args.epochs})")
         write_jsonl(self.out_dir / METRICS, self.history)
@@ -228,17 +261,29 @@ class Run:
         validation loss, ``checkpoint.pt`` always, and prints the epoch's summary.
         """
         epoch = self.epoch + 1
-        record = {"epoch": epoch, **record, **self.hooks.record(),
-                  "epoch_time_s": time.perf_counter() - self._epoch_start}
+        record = {
+            "epoch": epoch,
+            **record,
+            **self.hooks.record(),
+            "epoch_time_s": time.perf_counter() - self._epoch_start,
+        }
         self.history.append(record)
         self.epoch = epoch
         if record.get("diverged"):
             self.status = DIVERGED
         else:
             if self.stopper.step(epoch, record["valid_loss"]):
-                atomic_torch_save({"format": FORMAT, "script": self.prog, "args": vars(self.args),
-                                   "epoch": epoch, "record": record, "model": self.hooks.eval().state_dict()},
-                                  self.out_dir / BEST)
+                atomic_torch_save(
+                    {
+                        "format": FORMAT,
+                        "script": self.prog,
+                        "args": vars(self.args),
+                        "epoch": epoch,
+                        "record": record,
+                        "model": self.hooks.eval().state_dict(),
+                    },
+                    self.out_dir / BEST,
+                )
             if self.stopper.should_stop:
                 self.status = EARLY_STOPPED
         self._save_checkpoint()
@@ -249,19 +294,29 @@ class Run:
         if self.status == DIVERGED:
             print(f"the training loss is not finite: the run diverged at epoch {epoch} and stops")
         elif self.status == EARLY_STOPPED:
-            print(f"early stopping: no better validation loss for {self.stopper.patience} epochs "
-                  f"(best at epoch {self.stopper.best_epoch})")
+            print(
+                f"early stopping: no better validation loss for {self.stopper.patience} epochs "
+                f"(best at epoch {self.stopper.best_epoch})"
+            )
 
     def _save_checkpoint(self) -> None:
         self.hooks.eval()  # e.g. Schedule-Free saves its evaluation point, as its authors require
-        atomic_torch_save({
-            "format": FORMAT, "script": self.prog, "args": vars(self.args),
-            "epoch": self.epoch, "status": self.status,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "optimizer_hooks": self.hooks.state_dict(),
-            "early_stopping": self.stopper.state_dict(), "history": self.history,
-            "rng": rng_state(self.device),
-        }, self.out_dir / CHECKPOINT)
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "script": self.prog,
+                "args": vars(self.args),
+                "epoch": self.epoch,
+                "status": self.status,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "optimizer_hooks": self.hooks.state_dict(),
+                "early_stopping": self.stopper.state_dict(),
+                "history": self.history,
+                "rng": rng_state(self.device),
+            },
+            self.out_dir / CHECKPOINT,
+        )
         self.saved_epoch = self.epoch
 
     # -------------------------------------------------------------------- end
@@ -271,15 +326,20 @@ class Run:
         self._release_lock()
         return summary
 
-    def _write_summary(self, status: str, history: List[dict]) -> dict:
+    def _write_summary(self, status: str, history: list[dict]) -> dict:
         summary = {**summarize(history, status), **self.facts}
         write_json(self.out_dir / SUMMARY, summary)
         best = summary["best_epoch"]
         n = summary["epochs_completed"]
-        print(f"{status.replace('_', ' ')} after {n} epoch{'' if n == 1 else 's'}; "
-              + (f"best validation loss at epoch {best}: test loss {format_number(summary.get('test_loss'), '.4f')}"
-                 if best is not None else "no epoch with a finite validation loss")
-              + f"; results in {self.out_dir}")
+        print(
+            f"{status.replace('_', ' ')} after {n} epoch{'' if n == 1 else 's'}; "
+            + (
+                f"best validation loss at epoch {best}: test loss {format_number(summary.get('test_loss'), '.4f')}"
+                if best is not None
+                else "no epoch with a finite validation loss"
+            )
+            + f"; results in {self.out_dir}"
+        )
         return summary
 
     def __enter__(self):
@@ -298,19 +358,20 @@ class Run:
             return False
         print(file=sys.stderr)
         if self.saved_epoch is None:
-            print(f"{self.prog}: interrupted before the first checkpoint; nothing to resume",
-                  file=sys.stderr)
+            print(f"{self.prog}: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
         else:
-            self._write_summary(INTERRUPTED, self.history[:self.saved_epoch])
-            print(f"{self.prog}: interrupted during epoch {self.saved_epoch + 1}; {self.out_dir / CHECKPOINT} "
-                  f"holds epoch {self.saved_epoch}; continue with --resume --out_dir {self.out_dir}",
-                  file=sys.stderr)
+            self._write_summary(INTERRUPTED, self.history[: self.saved_epoch])
+            print(
+                f"{self.prog}: interrupted during epoch {self.saved_epoch + 1}; {self.out_dir / CHECKPOINT} "
+                f"holds epoch {self.saved_epoch}; continue with --resume --out_dir {self.out_dir}",
+                file=sys.stderr,
+            )
         self._release_lock()
         # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
         raise SystemExit(128 + (signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT)) from None
 
 
-def lock_folder(folder: Path) -> Optional[int]:
+def lock_folder(folder: Path) -> int | None:
     """Take the run's lock in ``folder`` for this process and return its file descriptor (closing
     it releases the lock, as does the process's end, even killed); :class:`UsageError` if another
     process holds it. ``None`` where the platform has no ``flock`` (Windows): no lock."""
@@ -321,8 +382,10 @@ def lock_folder(folder: Path) -> Optional[int]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise UsageError(f"--out_dir {folder} is being trained by another process (it holds {folder / LOCK}): "
-                         "wait for it to end, or choose another --out_dir") from None
+        raise UsageError(
+            f"--out_dir {folder} is being trained by another process (it holds {folder / LOCK}): "
+            "wait for it to end, or choose another --out_dir"
+        ) from None
     return fd
 
 

@@ -1,9 +1,9 @@
 """Seeding, random-number-generator state, device choice (DESIGN.md principle 9), and the
 process's memory allocator."""
+
 import ctypes
 import random
 import sys
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ def derived_generator(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]))
 
 
-def choose_device(no_cuda: bool) -> Tuple[torch.device, str]:
+def choose_device(no_cuda: bool) -> tuple[torch.device, str]:
     """The device of a run (CUDA when available, unless ``no_cuda``) and a line that says which and why."""
     if not no_cuda and torch.cuda.is_available():
         device = torch.device("cuda")
@@ -90,4 +90,5 @@ def keep_freed_memory() -> bool:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_UP_TO)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_UP_TO))
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_UP_TO)
+    )

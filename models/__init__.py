@@ -12,6 +12,7 @@ its output, the input width of the classifier copies::
 :data:`MODELS` maps the command-line names of the CIFAR-10 networks to their
 constructors ``ctor(size_multiplier=1)``.
 """
+
 from torch import nn
 
 from .googlenet import GoogLeNet
@@ -22,10 +23,10 @@ from .vgg import VGG, VGG19
 
 #: CIFAR-10 pre-classifiers by command-line name: ``(B, 3, 32, 32)`` -> ``(B, num_features)``.
 MODELS = {
-    'VGG19': VGG19,
-    'GoogLeNet': GoogLeNet,
-    'MobileNetV2': MobileNetV2,
-    'SENet18': SENet18,
+    "VGG19": VGG19,
+    "GoogLeNet": GoogLeNet,
+    "MobileNetV2": MobileNetV2,
+    "SENet18": SENet18,
 }
 
 
@@ -37,5 +38,15 @@ def build_preclassifier(name: str, size_multiplier=1) -> nn.Module:
     return MODELS[name](size_multiplier)
 
 
-__all__ = ['MODELS', 'build_preclassifier', 'RNNModel', 'RNN_TYPES',
-           'VGG', 'VGG19', 'GoogLeNet', 'MobileNetV2', 'SENet', 'SENet18']
+__all__ = [
+    "MODELS",
+    "build_preclassifier",
+    "RNNModel",
+    "RNN_TYPES",
+    "VGG",
+    "VGG19",
+    "GoogLeNet",
+    "MobileNetV2",
+    "SENet",
+    "SENet18",
+]

@@ -6,6 +6,7 @@ the widths of Szegedy et al. (2015) (the 5x5 branch as two 3x3 convs), global
 8x8 average pooling to 1024 features. The final ``Linear(1024, 10)`` is left
 out: Alrao replaces it by its classifier copies.
 """
+
 import torch
 from torch import nn
 
@@ -13,9 +14,11 @@ from .width import check_size_multiplier, scaled
 
 
 def _conv_bn_relu(in_channels, out_channels, kernel_size):
-    return [nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, padding=kernel_size // 2),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, padding=kernel_size // 2),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class Inception(nn.Module):
@@ -28,13 +31,11 @@ class Inception(nn.Module):
     def __init__(self, in_channels, n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_planes):
         super().__init__()
         self.b1 = nn.Sequential(*_conv_bn_relu(in_channels, n1x1, 1))
-        self.b2 = nn.Sequential(*_conv_bn_relu(in_channels, n3x3red, 1),
-                                *_conv_bn_relu(n3x3red, n3x3, 3))
-        self.b3 = nn.Sequential(*_conv_bn_relu(in_channels, n5x5red, 1),
-                                *_conv_bn_relu(n5x5red, n5x5, 3),
-                                *_conv_bn_relu(n5x5, n5x5, 3))
-        self.b4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
-                                *_conv_bn_relu(in_channels, pool_planes, 1))
+        self.b2 = nn.Sequential(*_conv_bn_relu(in_channels, n3x3red, 1), *_conv_bn_relu(n3x3red, n3x3, 3))
+        self.b3 = nn.Sequential(
+            *_conv_bn_relu(in_channels, n5x5red, 1), *_conv_bn_relu(n5x5red, n5x5, 3), *_conv_bn_relu(n5x5, n5x5, 3)
+        )
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), *_conv_bn_relu(in_channels, pool_planes, 1))
         self.out_channels = n1x1 + n3x3 + n5x5 + pool_planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,17 +45,17 @@ class Inception(nn.Module):
 #: Inception widths at width 1: (n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_planes);
 #: 'M' = 3x3 max-pooling with stride 2.
 GOOGLENET_CONFIG = (
-    (64, 96, 128, 16, 32, 32),       # a3
-    (128, 128, 192, 32, 96, 64),     # b3
-    'M',
-    (192, 96, 208, 16, 48, 64),      # a4
-    (160, 112, 224, 24, 64, 64),     # b4
-    (128, 128, 256, 24, 64, 64),     # c4
-    (112, 144, 288, 32, 64, 64),     # d4
-    (256, 160, 320, 32, 128, 128),   # e4
-    'M',
-    (256, 160, 320, 32, 128, 128),   # a5
-    (384, 192, 384, 48, 128, 128),   # b5
+    (64, 96, 128, 16, 32, 32),  # a3
+    (128, 128, 192, 32, 96, 64),  # b3
+    "M",
+    (192, 96, 208, 16, 48, 64),  # a4
+    (160, 112, 224, 24, 64, 64),  # b4
+    (128, 128, 256, 24, 64, 64),  # c4
+    (112, 144, 288, 32, 64, 64),  # d4
+    (256, 160, 320, 32, 128, 128),  # e4
+    "M",
+    (256, 160, 320, 32, 128, 128),  # a5
+    (384, 192, 384, 48, 128, 128),  # b5
 )
 
 
@@ -72,7 +73,7 @@ class GoogLeNet(nn.Module):
         channels = scaled(192, size_multiplier)
         layers = _conv_bn_relu(3, channels, 3)
         for item in GOOGLENET_CONFIG:
-            if item == 'M':
+            if item == "M":
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
             else:
                 block = Inception(channels, *(scaled(c, size_multiplier) for c in item))

@@ -6,6 +6,7 @@ with the stride of the stem and of the second stage set to 1 for 32x32 inputs,
 a 1x1 conv to 1280 channels and 4x4 average pooling. The final
 ``Linear(1280, 10)`` is left out: Alrao replaces it by its classifier copies.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +27,7 @@ class Block(nn.Module):
         planes = expansion * in_channels
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1,
-                               groups=planes, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, groups=planes, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -48,7 +48,7 @@ class Block(nn.Module):
 #: (expansion, out_channels at width 1, number of blocks, stride of the first block)
 MOBILENETV2_CONFIG = (
     (1, 16, 1, 1),
-    (6, 24, 2, 1),   # stride 1 instead of ImageNet's 2, for 32x32 inputs
+    (6, 24, 2, 1),  # stride 1 instead of ImageNet's 2, for 32x32 inputs
     (6, 32, 3, 2),
     (6, 64, 4, 2),
     (6, 96, 3, 1),

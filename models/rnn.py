@@ -1,10 +1,15 @@
 """The recurrent language-model pre-classifier of the paper's Penn Treebank experiment."""
+
 import torch
 from torch import nn
 
 #: Accepted ``rnn_type`` values and the torch module each one builds.
-RNN_TYPES = {'LSTM': (nn.LSTM, {}), 'GRU': (nn.GRU, {}),
-             'RNN_TANH': (nn.RNN, {'nonlinearity': 'tanh'}), 'RNN_RELU': (nn.RNN, {'nonlinearity': 'relu'})}
+RNN_TYPES = {
+    "LSTM": (nn.LSTM, {}),
+    "GRU": (nn.GRU, {}),
+    "RNN_TANH": (nn.RNN, {"nonlinearity": "tanh"}),
+    "RNN_RELU": (nn.RNN, {"nonlinearity": "relu"}),
+}
 
 
 def _check_positive_int(name, value):
@@ -34,9 +39,9 @@ class RNNModel(nn.Module):
     the next bptt chunk (detached by the caller).
     """
 
-    def __init__(self, ntoken, ninp, nhid, nlayers, dropout=0.2, rnn_type='LSTM'):
+    def __init__(self, ntoken, ninp, nhid, nlayers, dropout=0.2, rnn_type="LSTM"):
         super().__init__()
-        for name, value in (('ntoken', ntoken), ('ninp', ninp), ('nhid', nhid), ('nlayers', nlayers)):
+        for name, value in (("ntoken", ntoken), ("ninp", ninp), ("nhid", nhid), ("nlayers", nlayers)):
             _check_positive_int(name, value)
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ValueError(f"RNNModel: dropout must be a probability in [0, 1), got {dropout!r}")
@@ -59,7 +64,9 @@ class RNNModel(nn.Module):
         """Zero hidden state for ``batch_size`` streams: a pair ``(h, c)`` for an
         LSTM, one tensor otherwise; each ``(nlayers, batch_size, nhid)``."""
         weight = self.encoder.weight
-        if self.rnn_type == 'LSTM':
-            return (weight.new_zeros(self.nlayers, batch_size, self.nhid),
-                    weight.new_zeros(self.nlayers, batch_size, self.nhid))
+        if self.rnn_type == "LSTM":
+            return (
+                weight.new_zeros(self.nlayers, batch_size, self.nhid),
+                weight.new_zeros(self.nlayers, batch_size, self.nhid),
+            )
         return weight.new_zeros(self.nlayers, batch_size, self.nhid)

@@ -6,6 +6,7 @@ pre-activation ResNet18 whose blocks carry a squeeze-and-excitation gate
 features. The final ``Linear(512, 10)`` is left out: Alrao replaces it by its
 classifier copies. (The paper does not report results for this network.)
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -6,14 +6,14 @@ stages separated by 2x2 max-pooling, so a 32x32 input ends as a 1x1 map of
 512 channels. The final ``Linear(512, 10)`` is left out: Alrao replaces it by
 its classifier copies.
 """
+
 import torch
 from torch import nn
 
 from .width import check_size_multiplier, scaled
 
 #: Output channels of the conv layers; 'M' = 2x2 max-pooling.
-VGG19_CONFIG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M',
-                512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M')
+VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
 class VGG(nn.Module):
@@ -30,13 +30,15 @@ class VGG(nn.Module):
         check_size_multiplier(size_multiplier)
         layers, in_channels = [], 3
         for item in config:
-            if item == 'M':
+            if item == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 out_channels = scaled(item, size_multiplier)
-                layers += [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-                           nn.BatchNorm2d(out_channels),
-                           nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                ]
                 in_channels = out_channels
         # The authors' trailing AvgPool2d(kernel_size=1, stride=1) is the identity: left out.
         self.features = nn.Sequential(*layers)

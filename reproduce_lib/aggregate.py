@@ -10,19 +10,20 @@ run (it is counted, and the tables mark it); a run without any finite
 validation loss has no test metrics and is left out of the mean (and counted);
 a missing run (failed, or not run yet) is counted as missing.
 """
+
 import json
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
 
 from experiment.run import CONFIG, INTERRUPTED, METRICS, SUMMARY
 
-UNKNOWN = "unknown"  # the commit of a run that did not record one
-
 from .plan import Column, Plan, Row, RunSpec, script_of
 from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm, loss_metric
+
+UNKNOWN = "unknown"  # the commit of a run that did not record one
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,11 @@ class RunResult:
 
     folder: str
     summary: dict
-    history: List[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
     commit: str = UNKNOWN
 
 
-def load_result(out_dir: Path, run: RunSpec) -> Optional[RunResult]:
+def load_result(out_dir: Path, run: RunSpec) -> RunResult | None:
     """The result of ``run`` in ``out_dir``, or ``None`` when it has not finished."""
     run_dir = Path(out_dir) / run.folder
     try:
@@ -46,8 +47,9 @@ def load_result(out_dir: Path, run: RunSpec) -> Optional[RunResult]:
     if summary.get("status") == INTERRUPTED:
         return None
     metrics = run_dir / METRICS
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-        if metrics.is_file() else []
+    history = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    )
     config = run_dir / CONFIG
     commit = json.loads(config.read_text()).get("commit", UNKNOWN) if config.is_file() else UNKNOWN
     return RunResult(run.folder, summary, history, commit)
@@ -59,7 +61,7 @@ class Stat:
     """Mean and sample standard deviation (``None`` for one value) of ``n`` values."""
 
     mean: float
-    std: Optional[float]
+    std: float | None
     n: int
 
 
@@ -67,7 +69,7 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def mean_std(values: Sequence[Optional[float]]) -> Optional[Stat]:
+def mean_std(values: Sequence[float | None]) -> Stat | None:
     """:class:`Stat` of the finite ``values`` (``None`` and NaN are left out); ``None`` if none."""
     kept = [float(v) for v in values if finite(v)]
     if not kept:
@@ -75,7 +77,7 @@ def mean_std(values: Sequence[Optional[float]]) -> Optional[Stat]:
     return Stat(statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else None, len(kept))
 
 
-def mean_validation_loss(results: Sequence[Optional[RunResult]]) -> float:
+def mean_validation_loss(results: Sequence[RunResult | None]) -> float:
     """Mean over the finished runs of their best validation loss (nats); a run that never had a
     finite one counts as infinite; ``inf`` when no run finished."""
     losses = [r.summary.get("valid_loss") for r in results if r is not None]
@@ -83,7 +85,7 @@ def mean_validation_loss(results: Sequence[Optional[RunResult]]) -> float:
     return statistics.fmean(losses) if losses else math.inf
 
 
-def choose_on_validation(candidates: Mapping[str, Sequence[Optional[RunResult]]]) -> Optional[str]:
+def choose_on_validation(candidates: Mapping[str, Sequence[RunResult | None]]) -> str | None:
     """The candidate (e.g. SGD's learning rate) with the lowest mean validation loss over its
     runs, the first one on a tie; ``None`` when none has a finite one."""
     best, best_loss = None, math.inf
@@ -110,17 +112,17 @@ class Cell:
     """
 
     title: str
-    method: Optional[str]
-    lr: Optional[float]
-    loss: Optional[Stat]
-    top1: Optional[Stat]
+    method: str | None
+    lr: float | None
+    loss: Stat | None
+    top1: Stat | None
     expected: int
     missing: int
     diverged: int
     no_result: int
-    validation: Dict[str, Optional[float]]
+    validation: dict[str, float | None]
     finished: int
-    runs: List[dict]
+    runs: list[dict]
     candidate_runs: int = 0
 
     @property
@@ -129,7 +131,7 @@ class Cell:
         return len(self.validation) > 1 and self.finished < self.candidate_runs
 
 
-def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResult]]], loss_key: str) -> Cell:
+def column_cell(column: Column, results: Mapping[str, Sequence[RunResult | None]], loss_key: str) -> Cell:
     """The cell of ``column`` from ``results[method name]`` (one entry per seed, ``None`` when
     missing); ``loss_key`` is the summary's test loss (``'test_loss'`` in nats, ``'test_bpc'``)."""
     candidates = {m.name: results.get(m.name, ()) for m in column.methods}
@@ -141,19 +143,32 @@ def column_cell(column: Column, results: Mapping[str, Sequence[Optional[RunResul
     method = next((m for m in column.methods if m.name == chosen), None)
     acc = [r.summary.get("test_acc") for r in with_result]
     return Cell(
-        title=column.title, method=chosen, lr=method.lr if (method and column.tuned) else None,
+        title=column.title,
+        method=chosen,
+        lr=method.lr if (method and column.tuned) else None,
         loss=mean_std([r.summary.get(loss_key) for r in with_result]),
         top1=mean_std([100 * a if finite(a) else None for a in acc]),
-        expected=len(chosen_results), missing=len(chosen_results) - len(finished),
+        expected=len(chosen_results),
+        missing=len(chosen_results) - len(finished),
         diverged=sum(bool(r.summary.get("diverged")) for r in finished),
-        no_result=len(finished) - len(with_result), validation=validation,
+        no_result=len(finished) - len(with_result),
+        validation=validation,
         finished=sum(r is not None for rs in candidates.values() for r in rs),
         candidate_runs=sum(len(rs) for rs in candidates.values()),
-        runs=[{"folder": r.folder, "commit": r.commit, "status": r.summary.get("status"),
-               "diverged": bool(r.summary.get("diverged")), "best_epoch": r.summary.get("best_epoch"),
-               "valid_loss": r.summary.get("valid_loss"),
-               "loss": r.summary.get(loss_key), "top1": 100 * r.summary["test_acc"]
-               if finite(r.summary.get("test_acc")) else None} for r in finished])
+        runs=[
+            {
+                "folder": r.folder,
+                "commit": r.commit,
+                "status": r.summary.get("status"),
+                "diverged": bool(r.summary.get("diverged")),
+                "best_epoch": r.summary.get("best_epoch"),
+                "valid_loss": r.summary.get("valid_loss"),
+                "loss": r.summary.get(loss_key),
+                "top1": 100 * r.summary["test_acc"] if finite(r.summary.get("test_acc")) else None,
+            }
+            for r in finished
+        ],
+    )
 
 
 # ----------------------------------------------------------------------- rows
@@ -167,8 +182,8 @@ class RowResult:
     row: Row
     dataset: str
     loss_unit: str
-    cells: List[Cell]
-    paper: Optional[Dict[str, Published]]
+    cells: list[Cell]
+    paper: dict[str, Published] | None
     comparable: bool
 
     @property
@@ -187,10 +202,15 @@ def row_result(plan: Plan, row: Row, out_dir: Path) -> RowResult:
     loss_key = f"test_{key}"
     cells = []
     for column in row.columns:
-        results = {m.name: [load_result(out_dir, plan.run(row.model, m, s, width=row.width)) for s in seeds]
-                   for m in column.methods}
+        results = {
+            m.name: [load_result(out_dir, plan.run(row.model, m, s, width=row.width)) for s in seeds]
+            for m in column.methods
+        }
         cells.append(column_cell(column, results, loss_key))
     dataset = plan.dataset_for(row.model)
-    comparable = (dataset == PAPER_DATASETS[script_of(row.model)] and not plan.dry_run
-                  and (is_lstm(row.model) or plan.profile.size_multiplier == 1))
+    comparable = (
+        dataset == PAPER_DATASETS[script_of(row.model)]
+        and not plan.dry_run
+        and (is_lstm(row.model) or plan.profile.size_multiplier == 1)
+    )
     return RowResult(row, dataset, loss_unit, cells, PAPER_TABLE1.get((row.model, row.width)), comparable)

@@ -6,19 +6,20 @@ whichever of those runs have finished. Experiments needing the same run share
 its folder (``table1``, ``curves`` and ``baselines`` share the SGD, Adam and
 Alrao runs).
 """
+
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from experiment import OPTIMIZERS
+from experiment.baselines import MissingPackage, import_baseline
 
 from . import figures
 from .aggregate import RowResult, load_result, row_result
 from .outputs import Provenance, format_seeds, seeds_text, write_json
-from experiment import OPTIMIZERS
-from experiment.baselines import MissingPackage, import_baseline
-
 from .plan import Column, Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
 from .protocol import ALRAO_CNN, ALRAO_LSTM, CURVE_EXTRA_RATES, WIDTH_FACTOR, AlraoSetting, is_lstm, loss_metric
 from .tables import common_notes, display_name, format_rate, json_table1, markdown_by_method, write_table, write_table1
@@ -34,10 +35,15 @@ class Context:
     commit: str
     command: str
 
-    def provenance(self, models: Sequence[str], run_commits: Iterable[str], seeds: Optional[str] = None) -> Provenance:
+    def provenance(self, models: Sequence[str], run_commits: Iterable[str], seeds: str | None = None) -> Provenance:
         """The provenance of a result on ``models`` from runs trained at ``run_commits``."""
-        return Provenance(self.plan.profile.name, seeds or seeds_text(self.plan, models), self.commit, self.command,
-                          tuple(sorted(set(run_commits))))
+        return Provenance(
+            self.plan.profile.name,
+            seeds or seeds_text(self.plan, models),
+            self.commit,
+            self.command,
+            tuple(sorted(set(run_commits))),
+        )
 
 
 @dataclass(frozen=True)
@@ -46,39 +52,41 @@ class Experiment:
     the finished runs and returns their paths."""
 
     help: str
-    runs: Callable[[Plan], List[RunSpec]]
-    report: Callable[[Context], List[Path]]
-    warnings: Callable[[Plan], List[str]] = lambda plan: []  # what it leaves out and why, said before running
+    runs: Callable[[Plan], list[RunSpec]]
+    report: Callable[[Context], list[Path]]
+    warnings: Callable[[Plan], list[str]] = lambda plan: []  # what it leaves out and why, said before running
 
 
 # ------------------------------------------------------------------ Table 1
-def table1_rows(plan: Plan) -> List[Row]:
+def table1_rows(plan: Plan) -> list[Row]:
     return [Row(m, 1, table1_columns(m)) for m in plan.models_or(plan.profile.table1_models)]
 
 
-def width_rows(plan: Plan) -> List[Row]:
+def width_rows(plan: Plan) -> list[Row]:
     """The width×3 rows: the CNNs among the models, Adam and Alrao at 3 times the profile's width."""
-    return [Row(m, WIDTH_FACTOR, width_columns(m)) for m in plan.models_or(plan.profile.table1_models)
-            if not is_lstm(m)]
+    return [
+        Row(m, WIDTH_FACTOR, width_columns(m)) for m in plan.models_or(plan.profile.table1_models) if not is_lstm(m)
+    ]
 
 
-def rows_runs(rows: Callable[[Plan], List[Row]]) -> Callable[[Plan], List[RunSpec]]:
+def rows_runs(rows: Callable[[Plan], list[Row]]) -> Callable[[Plan], list[RunSpec]]:
     return lambda plan: unique(run for row in rows(plan) for run in plan.row_runs(row))
 
 
-def table1_and_width_rows(plan: Plan) -> List[Row]:
+def table1_and_width_rows(plan: Plan) -> list[Row]:
     """The rows of the paper's Table 1 in its order: each model, then that model at width×3."""
     width = {row.model: row for row in width_rows(plan)}
     return [r for row in table1_rows(plan) for r in (row, width.get(row.model)) if r is not None]
 
 
 #: ``write(rows, provenance, context) -> paths``: a table's files from its rows' results.
-TableWriter = Callable[[List[RowResult], Provenance, Context], List[Path]]
+TableWriter = Callable[[list[RowResult], Provenance, Context], list[Path]]
 
 
-def table_report(rows: Callable[[Plan], List[Row]], stem: str, write: TableWriter) -> Callable[[Context], List[Path]]:
+def table_report(rows: Callable[[Plan], list[Row]], stem: str, write: TableWriter) -> Callable[[Context], list[Path]]:
     """A report writing a table (``<stem>`` in messages) from the rows that have finished runs."""
-    def report(context: Context) -> List[Path]:
+
+    def report(context: Context) -> list[Path]:
         results = [row_result(context.plan, row, context.out_dir) for row in rows(context.plan)]
         results = [r for r in results if r.has_runs]
         if not results:
@@ -86,33 +94,39 @@ def table_report(rows: Callable[[Plan], List[Row]], stem: str, write: TableWrite
             return []
         commits = [run["commit"] for r in results for cell in r.cells for run in cell.runs]
         return write(results, context.provenance([r.row.model for r in results], commits), context)
+
     return report
 
 
-def write_table1_files(rows: List[RowResult], provenance: Provenance, context: Context) -> List[Path]:
-    return write_table1(rows, provenance, context.plan.profile.size_multiplier, context.results_dir,
-                        str(context.out_dir))
+def write_table1_files(rows: list[RowResult], provenance: Provenance, context: Context) -> list[Path]:
+    return write_table1(
+        rows, provenance, context.plan.profile.size_multiplier, context.results_dir, str(context.out_dir)
+    )
 
 
 # ---------------------------------------------------------- learning curves
-def curve_models(plan: Plan) -> List[str]:
+def curve_models(plan: Plan) -> list[str]:
     return list(plan.models_or(plan.profile.curve_models))
 
 
-def curve_columns(model: str) -> Tuple[Column, ...]:
+def curve_columns(model: str) -> tuple[Column, ...]:
     """Table 1's columns, SGD's with the rates of :data:`CURVE_EXTRA_RATES` added."""
     sgd_column, *others = table1_columns(model)
     extra = tuple(sgd(lr) for lr in CURVE_EXTRA_RATES)
     return (Column(sgd_column.title, sgd_column.methods + extra), *others)
 
 
-def curves_runs(plan: Plan) -> List[RunSpec]:
+def curves_runs(plan: Plan) -> list[RunSpec]:
     """The curve models' runs of every curve, first seed only (the figures show one run per method)."""
-    return unique(plan.run(m, method, plan.seeds_for(m)[0])
-                  for m in curve_models(plan) for column in curve_columns(m) for method in column.methods)
+    return unique(
+        plan.run(m, method, plan.seeds_for(m)[0])
+        for m in curve_models(plan)
+        for column in curve_columns(m)
+        for method in column.methods
+    )
 
 
-def curves_report(context: Context) -> List[Path]:
+def curves_report(context: Context) -> list[Path]:
     """``curves_<model>.png`` (train and test loss per epoch of every method) and
     ``posterior_<model>.png`` (the Alrao run's switch posterior) for each curve model."""
     plan, written = context.plan, []
@@ -127,8 +141,9 @@ def curves_report(context: Context) -> List[Path]:
                     continue
                 kind = "sgd" if method.lr is not None else column.title.lower()
                 label = f"SGD lr {format_rate(method.lr)}" if kind == "sgd" else column.title
-                curves.append(figures.Curve(label, kind, result.history, bool(result.summary.get("diverged")),
-                                            method.lr))
+                curves.append(
+                    figures.Curve(label, kind, result.history, bool(result.summary.get("diverged")), method.lr)
+                )
                 commits.append(result.commit)
                 if kind == "alrao":
                     alrao = result
@@ -139,18 +154,25 @@ def curves_report(context: Context) -> List[Path]:
         title = f"{name}, seed {seed}" + (f"\n(not finished: {', '.join(missing)})" if missing else "")
         provenance = context.provenance([model], commits, seeds=str(seed))
         key, unit = loss_metric(model)
-        written.append(figures.learning_curves(f"Learning curves: {title}", curves, key, unit, provenance,
-                                               context.results_dir / f"curves_{model}.png"))
+        written.append(
+            figures.learning_curves(
+                f"Learning curves: {title}", curves, key, unit, provenance, context.results_dir / f"curves_{model}.png"
+            )
+        )
         if alrao is not None:
-            written.append(figures.posterior_figure(f"Alrao's switch posterior: {name}, seed {seed}",
-                                                    alrao.history, context.provenance([model], [alrao.commit],
-                                                                                      seeds=str(seed)),
-                                                    context.results_dir / f"posterior_{model}.png"))
+            written.append(
+                figures.posterior_figure(
+                    f"Alrao's switch posterior: {name}, seed {seed}",
+                    alrao.history,
+                    context.provenance([model], [alrao.commit], seeds=str(seed)),
+                    context.results_dir / f"posterior_{model}.png",
+                )
+            )
     return written
 
 
 # ----------------------------------------------------------------- triangle
-def triangle_models(plan: Plan) -> List[str]:
+def triangle_models(plan: Plan) -> list[str]:
     return list(plan.models_or((plan.profile.triangle.model,)))
 
 
@@ -161,7 +183,7 @@ def triangle_seeds(plan: Plan, model: str):
 def triangle_method(model: str, low: float, high: float):
     """Plain SGD on the diagonal (``low == high``), else Alrao-SGD on ``(10**low, 10**high)``."""
     if low == high:
-        return sgd(10.0 ** low)
+        return sgd(10.0**low)
     copies = (ALRAO_LSTM if is_lstm(model) else ALRAO_CNN).n_classifiers
     return alrao_sgd(AlraoSetting(low, high, copies))
 
@@ -169,16 +191,25 @@ def triangle_method(model: str, low: float, high: float):
 def triangle_cells(plan: Plan, model: str):
     """``(i, j, run)`` for every interval of the grid and seed, ``i <= j`` (indices of the ends)."""
     ends, setting = plan.profile.triangle.ends_log10, plan.profile.triangle
-    return [(i, j, plan.run(model, triangle_method(model, ends[i], ends[j]), seed, epochs=setting.epochs,
-                            early_stopping=False))
-            for i in range(len(ends)) for j in range(i, len(ends)) for seed in triangle_seeds(plan, model)]
+    return [
+        (
+            i,
+            j,
+            plan.run(
+                model, triangle_method(model, ends[i], ends[j]), seed, epochs=setting.epochs, early_stopping=False
+            ),
+        )
+        for i in range(len(ends))
+        for j in range(i, len(ends))
+        for seed in triangle_seeds(plan, model)
+    ]
 
 
-def triangle_runs(plan: Plan) -> List[RunSpec]:
+def triangle_runs(plan: Plan) -> list[RunSpec]:
     return unique(run for m in triangle_models(plan) for _, _, run in triangle_cells(plan, m))
 
 
-def triangle_report(context: Context) -> List[Path]:
+def triangle_report(context: Context) -> list[Path]:
     """``triangle_<model>.png`` and ``.json``: the mean over seeds of the train and test losses after
     the last epoch for each interval; an interval is marked diverged when one of its runs diverged."""
     plan, written = context.plan, []
@@ -189,7 +220,7 @@ def triangle_report(context: Context) -> List[Path]:
         sums = {split: np.zeros((n, n)) for split in ("train", "test")}
         counts = np.zeros((n, n))
         diverged = np.zeros((n, n), dtype=bool)
-        runs: Dict[str, dict] = {}
+        runs: dict[str, dict] = {}
         commits = []
         for i, j, run in triangle_cells(plan, model):
             result = load_result(context.out_dir, run)
@@ -197,9 +228,12 @@ def triangle_report(context: Context) -> List[Path]:
                 continue
             commits.append(result.commit)
             last = result.history[-1] if result.history else {}
-            runs[run.folder] = {"min_lr": 10.0 ** ends[i], "max_lr": 10.0 ** ends[j],
-                                "diverged": bool(result.summary.get("diverged")),
-                                **{f"{s}_{key}": last.get(f"{s}_{key}") for s in sums}}
+            runs[run.folder] = {
+                "min_lr": 10.0 ** ends[i],
+                "max_lr": 10.0 ** ends[j],
+                "diverged": bool(result.summary.get("diverged")),
+                **{f"{s}_{key}": last.get(f"{s}_{key}") for s in sums},
+            }
             if result.summary.get("diverged"):
                 diverged[i, j] = True
             elif all(isinstance(last.get(f"{s}_{key}"), (int, float)) for s in sums):
@@ -215,16 +249,35 @@ def triangle_report(context: Context) -> List[Path]:
         provenance = context.provenance([model], commits, seeds=format_seeds(seeds))
         name = display_name(model, plan.dataset_for(model), plan.profile.size_multiplier)
         epochs = plan.epochs or plan.profile.triangle.epochs
-        written.append(figures.triangle_figure(
-            f"Alrao for every interval (diagonal: plain SGD), {name}, {epochs} epoch{'s' if epochs > 1 else ''}",
-            ends, means["train"], means["test"], diverged, unit, provenance,
-            context.results_dir / f"triangle_{model}.png"))
+        written.append(
+            figures.triangle_figure(
+                f"Alrao for every interval (diagonal: plain SGD), {name}, {epochs} epoch{'s' if epochs > 1 else ''}",
+                ends,
+                means["train"],
+                means["test"],
+                diverged,
+                unit,
+                provenance,
+                context.results_dir / f"triangle_{model}.png",
+            )
+        )
         path = context.results_dir / f"triangle_{model}.json"
-        write_json(path, {**provenance.as_dict(), "model": model, "ends_log10": list(ends), "epochs": epochs,
-                          "loss_unit": unit, "rows_min_lr_cols_max_lr": {
-                              split: [[None if not math.isfinite(v) else v for v in row] for row in means[split]]
-                              for split in means},
-                          "diverged": diverged.tolist(), "runs": runs})
+        write_json(
+            path,
+            {
+                **provenance.as_dict(),
+                "model": model,
+                "ends_log10": list(ends),
+                "epochs": epochs,
+                "loss_unit": unit,
+                "rows_min_lr_cols_max_lr": {
+                    split: [[None if not math.isfinite(v) else v for v in row] for row in means[split]]
+                    for split in means
+                },
+                "diverged": diverged.tolist(),
+                "runs": runs,
+            },
+        )
         written.append(path)
     return written
 
@@ -234,11 +287,11 @@ def triangle_report(context: Context) -> List[Path]:
 BASELINES = ("AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree")
 
 
-def chosen_baselines(plan: Plan) -> Tuple[str, ...]:
+def chosen_baselines(plan: Plan) -> tuple[str, ...]:
     return plan.baselines if plan.baselines is not None else BASELINES
 
 
-def missing_baselines(names: Iterable[str] = BASELINES) -> Dict[str, str]:
+def missing_baselines(names: Iterable[str] = BASELINES) -> dict[str, str]:
     """Those of ``names`` whose optional package is not installed, each with the error naming its
     pip command."""
     missing = {}
@@ -251,55 +304,79 @@ def missing_baselines(names: Iterable[str] = BASELINES) -> Dict[str, str]:
     return missing
 
 
-def baselines_rows(plan: Plan) -> List[Row]:
+def baselines_rows(plan: Plan) -> list[Row]:
     """Table 1's rows (width 1) with a column per installed baseline after SGD, Adam and Alrao."""
     missing = missing_baselines(chosen_baselines(plan))
     extra = baseline_columns(name for name in chosen_baselines(plan) if name not in missing)
     return [Row(m, 1, table1_columns(m) + extra) for m in plan.models_or(plan.profile.table1_models)]
 
 
-def baselines_notes(names: Sequence[str], missing: Dict[str, str], runs_dir: Path) -> List[str]:
+def baselines_notes(names: Sequence[str], missing: dict[str, str], runs_dir: Path) -> list[str]:
     settings = ", ".join(f"{name} {OPTIMIZERS[name].default_lr:g}" for name in names)
-    notes = [*common_notes(),
-             "Baselines: the tuning-free optimizers of `--optimizer`, each as its authors document it, "
-             f"without `--lr` (its default, the authors' value: {settings}; the max_lr of AliG, a multiplier of "
-             "the adapted step size for Prodigy, D-Adaptation and DoG, the learning rate of Schedule-Free), no "
-             "schedule, no warmup; DoG/LDoG evaluated at their averaged iterate, Schedule-Free at its "
-             "evaluation point (see README, `--optimizer`).",
-             "The paper's numbers for SGD, Adam and Alrao are beside ours in table1.md."]
+    notes = [
+        *common_notes(),
+        "Baselines: the tuning-free optimizers of `--optimizer`, each as its authors document it, "
+        f"without `--lr` (its default, the authors' value: {settings}; the max_lr of AliG, a multiplier of "
+        "the adapted step size for Prodigy, D-Adaptation and DoG, the learning rate of Schedule-Free), no "
+        "schedule, no warmup; DoG/LDoG evaluated at their averaged iterate, Schedule-Free at its "
+        "evaluation point (see README, `--optimizer`).",
+        "The paper's numbers for SGD, Adam and Alrao are beside ours in table1.md.",
+    ]
     notes += [f"Not run: {message}" for message in missing.values()]
     return notes + [f"Runs: `{runs_dir}`."]
 
 
-def write_baselines_files(rows: List[RowResult], provenance: Provenance, context: Context) -> List[Path]:
+def write_baselines_files(rows: list[RowResult], provenance: Provenance, context: Context) -> list[Path]:
     """``baselines.md`` (one row per method, a column pair per model) and ``baselines.json``."""
     width = context.plan.profile.size_multiplier
-    markdown = markdown_by_method(rows, provenance, width, "Tuning-free baselines beside Table 1",
-                                  baselines_notes(chosen_baselines(context.plan),
-                                                  missing_baselines(chosen_baselines(context.plan)), context.out_dir))
+    markdown = markdown_by_method(
+        rows,
+        provenance,
+        width,
+        "Tuning-free baselines beside Table 1",
+        baselines_notes(
+            chosen_baselines(context.plan), missing_baselines(chosen_baselines(context.plan)), context.out_dir
+        ),
+    )
     return write_table(context.results_dir, "baselines", markdown, json_table1(rows, provenance, width))
 
 
-def baselines_warnings(plan: Plan) -> List[str]:
+def baselines_warnings(plan: Plan) -> list[str]:
     return [f"left out: {message}" for message in missing_baselines(chosen_baselines(plan)).values()]
 
 
 TABLE1_REPORT = table_report(table1_and_width_rows, "table1", write_table1_files)
 
-EXPERIMENTS: Dict[str, Experiment] = {
-    "table1": Experiment("Table 1: SGD at every rate of the grid (best on validation), Adam, Alrao-SGD; "
-                         "writes table1.md/.json (with the width×3 rows when they were run)",
-                         rows_runs(table1_rows), TABLE1_REPORT),
-    "width": Experiment("Table 1's width×3 rows: Adam and Alrao-SGD on 3 times wider CNNs; rewrites table1.md/.json",
-                        rows_runs(width_rows), TABLE1_REPORT),
-    "curves": Experiment("learning curves (train and test loss per epoch, SGD at every rate of the grid and at "
-                         "100 as in the paper's figures, Adam, Alrao) and the "
-                         "switch posterior over epochs: curves_<model>.png, posterior_<model>.png",
-                         curves_runs, curves_report),
-    "triangle": Experiment("Alrao for every interval of a grid, plain SGD on the diagonal, without early "
-                           "stopping: triangle_<model>.png/.json", triangle_runs, triangle_report),
-    "baselines": Experiment("Table 1's rows with the tuning-free optimizers (AliG, Prodigy, D-Adaptation, DoG, "
-                            "Schedule-Free) beside SGD, Adam and Alrao: baselines.md/.json",
-                            rows_runs(baselines_rows), table_report(baselines_rows, "baselines", write_baselines_files),
-                            baselines_warnings),
+EXPERIMENTS: dict[str, Experiment] = {
+    "table1": Experiment(
+        "Table 1: SGD at every rate of the grid (best on validation), Adam, Alrao-SGD; "
+        "writes table1.md/.json (with the width×3 rows when they were run)",
+        rows_runs(table1_rows),
+        TABLE1_REPORT,
+    ),
+    "width": Experiment(
+        "Table 1's width×3 rows: Adam and Alrao-SGD on 3 times wider CNNs; rewrites table1.md/.json",
+        rows_runs(width_rows),
+        TABLE1_REPORT,
+    ),
+    "curves": Experiment(
+        "learning curves (train and test loss per epoch, SGD at every rate of the grid and at "
+        "100 as in the paper's figures, Adam, Alrao) and the "
+        "switch posterior over epochs: curves_<model>.png, posterior_<model>.png",
+        curves_runs,
+        curves_report,
+    ),
+    "triangle": Experiment(
+        "Alrao for every interval of a grid, plain SGD on the diagonal, without early "
+        "stopping: triangle_<model>.png/.json",
+        triangle_runs,
+        triangle_report,
+    ),
+    "baselines": Experiment(
+        "Table 1's rows with the tuning-free optimizers (AliG, Prodigy, D-Adaptation, DoG, "
+        "Schedule-Free) beside SGD, Adam and Alrao: baselines.md/.json",
+        rows_runs(baselines_rows),
+        table_report(baselines_rows, "baselines", write_baselines_files),
+        baselines_warnings,
+    ),
 }

@@ -4,11 +4,12 @@ Drawn with matplotlib's object interface (``Figure``, no pyplot): no display,
 no global state. Every figure carries its provenance line (profile, seeds,
 commit) at the bottom and is written atomically.
 """
+
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 from matplotlib import cm, colors
@@ -43,9 +44,9 @@ class Curve:
 
     label: str
     kind: str
-    history: List[dict]
+    history: list[dict]
     diverged: bool
-    lr: Optional[float] = None
+    lr: float | None = None
 
 
 def curve_label(curve: Curve) -> str:
@@ -61,8 +62,9 @@ def _style(curve: Curve, sgd_norm) -> dict:
     return {"color": "tab:red", "linewidth": 2.4}
 
 
-def learning_curves(title: str, curves: Sequence[Curve], loss_key: str, unit: str, provenance: Provenance,
-                    path: Path) -> Path:
+def learning_curves(
+    title: str, curves: Sequence[Curve], loss_key: str, unit: str, provenance: Provenance, path: Path
+) -> Path:
     """Train and test loss per epoch of every run in ``curves`` (``loss_key``: ``'loss'`` or
     ``'bpc'``). A diverged run ends with a cross at its last finite value (at the top of the
     axes when it had none) and says so in the legend."""
@@ -82,8 +84,9 @@ def learning_curves(title: str, curves: Sequence[Curve], loss_key: str, unit: st
                 if ok.size:
                     ax.plot(epochs[ok[-1]], values[ok[-1]], "x", color=style["color"], markersize=10, mew=2)
                 else:
-                    ax.plot(len(values), 0.98, "x", color=style["color"], markersize=10, mew=2,
-                            transform=top, clip_on=False)
+                    ax.plot(
+                        len(values), 0.98, "x", color=style["color"], markersize=10, mew=2, transform=top, clip_on=False
+                    )
         finite = np.concatenate([series(c.history, f"{split}_{loss_key}") for c in curves])
         finite = finite[np.isfinite(finite) & (finite > 0)]
         if finite.size and finite.max() > 10 * finite.min():  # a log scale only where linear would squash
@@ -127,8 +130,16 @@ def posterior_figure(title: str, history: Sequence[dict], provenance: Provenance
 
 
 # --------------------------------------------------------------------- triangle
-def triangle_figure(title: str, ends_log10: Sequence[float], train: np.ndarray, test: np.ndarray,
-                    diverged: np.ndarray, unit: str, provenance: Provenance, path: Path) -> Path:
+def triangle_figure(
+    title: str,
+    ends_log10: Sequence[float],
+    train: np.ndarray,
+    test: np.ndarray,
+    diverged: np.ndarray,
+    unit: str,
+    provenance: Provenance,
+    path: Path,
+) -> Path:
     """Heat maps of the final train and test losses for every interval ``(10**ends[i], 10**ends[j])``,
     ``i <= j`` (row: lower end, column: upper end; the diagonal is plain SGD). ``train``,
     ``test``: square arrays, NaN where there is no result; ``diverged``: booleans, marked ``div``."""
@@ -145,15 +156,23 @@ def triangle_figure(title: str, ends_log10: Sequence[float], train: np.ndarray, 
         low = finite.min() if finite.size else 1.0
         high = min(finite.max(), 100 * low) if finite.size else 10.0
         cmap = cm.viridis_r.with_extremes(over="black")
-        image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, origin="lower",
-                          norm=colors.LogNorm(low, max(high, low * 1.01)))
+        image = ax.imshow(
+            np.ma.masked_invalid(shown), cmap=cmap, origin="lower", norm=colors.LogNorm(low, max(high, low * 1.01))
+        )
         for i in range(n):
             for j in range(i, n):
                 value = values[i, j]
                 text = "div" if diverged[i, j] else (f"{value:.3g}" if np.isfinite(value) else "")
                 dark = np.isfinite(value) and value > low * (high / low) ** 0.6  # dark end of the map
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="tab:red" if diverged[i, j] else ("white" if dark else "black"))
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="tab:red" if diverged[i, j] else ("white" if dark else "black"),
+                )
         ax.set_xticks(range(n), labels, rotation=45)
         ax.set_yticks(range(n), labels)
         ax.set_xlabel("max_lr (upper end)")

@@ -7,6 +7,7 @@ interrupted sweep resumes where it stopped). Before either, the folder's
 mixes two different runs under one name. A run that fails is reported and
 the others go on.
 """
+
 import argparse
 import contextlib
 import importlib
@@ -18,11 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
-from typing import Callable, List, Optional, Sequence
 
 from experiment.run import CHECKPOINT, CONFIG, INTERRUPTED, METRICS, RESUMABLE_FLAGS, SUMMARY
 
@@ -73,29 +74,40 @@ def parse_flags(run: RunSpec, run_dir: Path) -> argparse.Namespace:
         raise LaunchError(f"{run.folder}: {message[-1] if message else 'invalid flags'}") from None
 
 
-def config_mismatch(run: RunSpec, run_dir: Path) -> Optional[str]:
+def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
     """Why ``run_dir`` holds another run than ``run`` (flags that differ), or ``None``."""
     config_path = run_dir / CONFIG
     if not config_path.is_file():
         return None
     saved = json.loads(config_path.read_text()).get("args", {})
     wanted = vars(parse_flags(run, run_dir))
-    differ = [k for k in sorted(set(saved) | set(wanted))
-              if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")]
+    differ = [
+        k
+        for k in sorted(set(saved) | set(wanted))
+        if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")
+    ]
     if not differ:
         return None
-    return (f"{run_dir} holds another run (" + ", ".join(
-        f"--{k} {saved.get(k, '<absent>')}, wanted {wanted.get(k, '<absent>')}" for k in differ)
-        + "): remove it or choose another --out_dir")
+    return (
+        f"{run_dir} holds another run ("
+        + ", ".join(f"--{k} {saved.get(k, '<absent>')}, wanted {wanted.get(k, '<absent>')}" for k in differ)
+        + "): remove it or choose another --out_dir"
+    )
 
 
-def command(run: RunSpec, run_dir: Path, resume: bool) -> List[str]:
+def command(run: RunSpec, run_dir: Path, resume: bool) -> list[str]:
     """The shell command of ``run``."""
-    return [sys.executable, str(REPO / f"{run.script}.py"), *run.flags, "--out_dir", str(run_dir),
-            *(["--resume"] if resume else [])]
+    return [
+        sys.executable,
+        str(REPO / f"{run.script}.py"),
+        *run.flags,
+        "--out_dir",
+        str(run_dir),
+        *(["--resume"] if resume else []),
+    ]
 
 
-def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: Optional[set] = None) -> Optional[str]:
+def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: set | None = None) -> str | None:
     """Run ``cmd`` with ``env`` added to the environment, its output appended to ``log_path``.
     ``None`` on success, else the last line it printed (its error). ``running``: a set holding the
     process while it runs (to interrupt it). Module-level: Slurm jobs call it."""
@@ -117,12 +129,13 @@ def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: Option
 
 
 # ----------------------------------------------------------------- launchers
-def visible_gpus() -> List[str]:
+def visible_gpus() -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
     import torch
+
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
@@ -141,7 +154,7 @@ def thread_env(jobs: int) -> dict:
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
-def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
+def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
     gpus = visible_gpus()
     slots: Queue = Queue()  # one token per concurrent run; its GPU, if any
     for i in range(jobs):
@@ -158,8 +171,12 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> List[Outcome]:
             if stopping.is_set():
                 return Outcome(run, False, "not started: the sweep was interrupted")
             run_dir = out_dir / run.folder
-            error = run_subprocess(command(run, run_dir, resume), str(run_dir / LOG),
-                                   {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}, running)
+            error = run_subprocess(
+                command(run, run_dir, resume),
+                str(run_dir / LOG),
+                {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
+                running,
+            )
             return Outcome(run, error is None, error or "trained", time.perf_counter() - start)
         finally:
             slots.put(gpu)
@@ -193,7 +210,7 @@ def interrupt_runs(running: set, grace_s: float = 5.0) -> None:
         process.wait()
 
 
-def _run_inline(runs, out_dir: Path, report) -> List[Outcome]:
+def _run_inline(runs, out_dir: Path, report) -> list[Outcome]:
     outcomes = []
     for run, resume in runs:
         module = importlib.import_module(run.script)
@@ -216,27 +233,35 @@ def _run_inline(runs, out_dir: Path, report) -> List[Outcome]:
 class SlurmOptions:
     """Resources of each Slurm job (one run per job)."""
 
-    partition: Optional[str] = None
+    partition: str | None = None
     timeout_min: int = 24 * 60
     gpus_per_job: int = 1
     cpus_per_job: int = 4
-    cluster: Optional[str] = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
+    cluster: str | None = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
 
 
-def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> List[Outcome]:
+def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outcome]:
     try:
         import submitit
     except ImportError:
         raise LaunchError("--launcher slurm needs the submitit package: pip install submitit") from None
     executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster=options.cluster)
-    executor.update_parameters(name="alrao-reproduce", timeout_min=options.timeout_min,
-                               gpus_per_node=options.gpus_per_job, cpus_per_task=options.cpus_per_job,
-                               **({"slurm_partition": options.partition} if options.partition else {}))
+    executor.update_parameters(
+        name="alrao-reproduce",
+        timeout_min=options.timeout_min,
+        gpus_per_node=options.gpus_per_job,
+        cpus_per_task=options.cpus_per_job,
+        **({"slurm_partition": options.partition} if options.partition else {}),
+    )
     env = {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(options.cpus_per_job)}
     submitted = time.perf_counter()
     with executor.batch():  # one job array
-        jobs = [executor.submit(run_subprocess, command(run, out_dir / run.folder, resume),
-                                str(out_dir / run.folder / LOG), env) for run, resume in runs]
+        jobs = [
+            executor.submit(
+                run_subprocess, command(run, out_dir / run.folder, resume), str(out_dir / run.folder / LOG), env
+            )
+            for run, resume in runs
+        ]
     outcomes = []
     for job, (run, _) in zip(jobs, runs):
         try:
@@ -248,8 +273,14 @@ def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> List[Outco
     return outcomes
 
 
-def launch(runs: Sequence[RunSpec], out_dir: Path, launcher: str = "local", jobs: int = 1,
-           slurm: SlurmOptions = SlurmOptions(), log: Callable[[str], None] = print) -> List[Outcome]:
+def launch(
+    runs: Sequence[RunSpec],
+    out_dir: Path,
+    launcher: str = "local",
+    jobs: int = 1,
+    slurm: SlurmOptions = SlurmOptions(),
+    log: Callable[[str], None] = print,
+) -> list[Outcome]:
     """Train the runs of ``runs`` not finished yet, each in ``out_dir / run.folder``.
 
     ``launcher``: ``'local'`` (``jobs`` subprocesses at a time, spread over the
@@ -277,9 +308,11 @@ def launch(runs: Sequence[RunSpec], out_dir: Path, launcher: str = "local", jobs
             run_dir.mkdir(parents=True, exist_ok=True)
             todo.append((run, state == RESUME))
     finished = sum(o.ok for o in outcomes)
-    log(f"{len(runs)} runs: {finished} finished before, {len(todo)} to train"
+    log(
+        f"{len(runs)} runs: {finished} finished before, {len(todo)} to train"
         + (f" ({launcher}, {jobs} at a time)" if todo and launcher == "local" else f" ({launcher})" if todo else "")
-        + (f", {len(outcomes) - finished} skipped" if len(outcomes) > finished else ""))
+        + (f", {len(outcomes) - finished} skipped" if len(outcomes) > finished else "")
+    )
     done = [0]
 
     def report(outcome: Outcome) -> Outcome:

@@ -1,7 +1,8 @@
 """What every table and figure carries (profile, seeds, commit) and atomic writes of result files."""
+
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
 
 from experiment.files import atomic_write_bytes, atomic_write_text, write_json
 from experiment.provenance import git_commit
@@ -11,22 +12,30 @@ from .protocol import is_lstm
 
 DASH = "–"  # an empty cell
 
-__all__ = ["Provenance", "git_commit", "format_rate", "format_seeds", "seeds_text",
-           "atomic_write_bytes", "atomic_write_text", "write_json"]
+__all__ = [
+    "Provenance",
+    "git_commit",
+    "format_rate",
+    "format_seeds",
+    "seeds_text",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+]
 
 
-def format_rate(lr: Optional[float]) -> str:
+def format_rate(lr: float | None) -> str:
     """A learning rate as the paper writes it: ``1e-1``, ``1``, ``10``; between powers of 10,
     two digits: ``4.6e-5``, ``0.022``, ``2.2``."""
     if lr is None:
         return DASH
     # Tolerances of float32: a copy's rate read back from a float32 tensor is 1e-5 to 7 digits.
     exponent = math.floor(math.log10(lr) + 1e-6)
-    if math.isclose(lr, 10.0 ** exponent, rel_tol=1e-6):
+    if math.isclose(lr, 10.0**exponent, rel_tol=1e-6):
         return {0: "1", 1: "10"}.get(exponent, f"1e{exponent}")
     if -2 <= exponent <= 1:
         return f"{lr:.2g}"
-    return f"{lr / 10.0 ** exponent:.1f}e{exponent}"
+    return f"{lr / 10.0**exponent:.1f}e{exponent}"
 
 
 def format_seeds(seeds: Sequence[int]) -> str:
@@ -63,7 +72,7 @@ class Provenance:
     seeds: str
     commit: str
     command: str
-    run_commits: Tuple[str, ...] = ()
+    run_commits: tuple[str, ...] = ()
 
     def line(self) -> str:
         line = f"profile {self.profile} · seeds {self.seeds} · commit {self.commit}"
@@ -72,5 +81,10 @@ class Provenance:
         return line
 
     def as_dict(self) -> dict:
-        return {"profile": self.profile, "seeds": self.seeds, "commit": self.commit, "command": self.command,
-                "run_commits": list(self.run_commits)}
+        return {
+            "profile": self.profile,
+            "seeds": self.seeds,
+            "commit": self.commit,
+            "command": self.command,
+            "run_commits": list(self.run_commits),
+        }

@@ -7,8 +7,9 @@ A :class:`Plan` is a profile narrowed by the command line (``--models``,
 what it computes, so that two experiments needing the same run share it and a
 finished run is never trained again.
 """
+
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
 
 import data
 
@@ -35,8 +36,8 @@ class Method:
     """
 
     name: str
-    flags: Tuple[str, ...]
-    lr: Optional[float] = None
+    flags: tuple[str, ...]
+    lr: float | None = None
 
 
 def sgd(lr: float) -> Method:
@@ -57,10 +58,21 @@ def baseline(optimizer: str) -> Method:
 
 def alrao_sgd(setting: AlraoSetting) -> Method:
     """Alrao-SGD on the interval and with the copies of ``setting``."""
-    low, high = 10.0 ** setting.min_lr_log10, 10.0 ** setting.max_lr_log10
-    return Method(f"alrao-sgd-{fmt(low)}-{fmt(high)}-x{setting.n_classifiers}",
-                  ("--use_alrao", "--optimizer", "SGD", "--minLR", fmt(setting.min_lr_log10),
-                   "--maxLR", fmt(setting.max_lr_log10), "--n_last_layers", str(setting.n_classifiers)))
+    low, high = 10.0**setting.min_lr_log10, 10.0**setting.max_lr_log10
+    return Method(
+        f"alrao-sgd-{fmt(low)}-{fmt(high)}-x{setting.n_classifiers}",
+        (
+            "--use_alrao",
+            "--optimizer",
+            "SGD",
+            "--minLR",
+            fmt(setting.min_lr_log10),
+            "--maxLR",
+            fmt(setting.max_lr_log10),
+            "--n_last_layers",
+            str(setting.n_classifiers),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -69,26 +81,28 @@ class Column:
     the lowest mean validation loss is reported (the paper's choice of SGD's learning rate)."""
 
     title: str
-    methods: Tuple[Method, ...]
+    methods: tuple[Method, ...]
 
     @property
     def tuned(self) -> bool:
         return len(self.methods) > 1
 
 
-def table1_columns(model: str) -> Tuple[Column, ...]:
+def table1_columns(model: str) -> tuple[Column, ...]:
     """Table 1's columns: SGD at the best rate of the grid, Adam, Alrao-SGD with the paper's setting."""
-    return (Column("SGD", tuple(sgd(lr) for lr in SGD_RATES)),
-            Column("Adam", (adam(),)),
-            Column("Alrao", (alrao_sgd(ALRAO_LSTM if is_lstm(model) else ALRAO_CNN),)))
+    return (
+        Column("SGD", tuple(sgd(lr) for lr in SGD_RATES)),
+        Column("Adam", (adam(),)),
+        Column("Alrao", (alrao_sgd(ALRAO_LSTM if is_lstm(model) else ALRAO_CNN),)),
+    )
 
 
-def baseline_columns(optimizers: Iterable[str]) -> Tuple[Column, ...]:
+def baseline_columns(optimizers: Iterable[str]) -> tuple[Column, ...]:
     """One column per tuning-free optimizer, each run once per seed with its defaults."""
     return tuple(Column(name, (baseline(name),)) for name in optimizers)
 
 
-def width_columns(model: str) -> Tuple[Column, ...]:
+def width_columns(model: str) -> tuple[Column, ...]:
     """The width×3 rows' columns (the paper reports no SGD there)."""
     return table1_columns(model)[1:]
 
@@ -99,7 +113,7 @@ class RunSpec:
     """One run: ``python <script>.py <flags> --out_dir <out_dir>/<folder>``."""
 
     script: str
-    flags: Tuple[str, ...]
+    flags: tuple[str, ...]
     folder: str
     model: str = field(compare=False)
     method: Method = field(compare=False)
@@ -112,7 +126,7 @@ class Row:
 
     model: str
     width: float
-    columns: Tuple[Column, ...]
+    columns: tuple[Column, ...]
 
 
 @dataclass(frozen=True)
@@ -120,18 +134,18 @@ class Plan:
     """A profile and the command line's restrictions (``None``: the profile's choice)."""
 
     profile: Profile
-    models: Optional[Tuple[str, ...]] = None
-    seeds: Optional[Tuple[int, ...]] = None
-    epochs: Optional[int] = None
-    dataset: Optional[str] = None
+    models: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    epochs: int | None = None
+    dataset: str | None = None
     dry_run: bool = False
     #: the tuning-free optimizers of the ``baselines`` experiment (``None``: every one)
-    baselines: Optional[Tuple[str, ...]] = None
+    baselines: tuple[str, ...] | None = None
 
-    def models_or(self, default: Iterable[str]) -> Tuple[str, ...]:
+    def models_or(self, default: Iterable[str]) -> tuple[str, ...]:
         return tuple(self.models) if self.models is not None else tuple(default)
 
-    def seeds_for(self, model: str, n_seeds: Optional[int] = None) -> Tuple[int, ...]:
+    def seeds_for(self, model: str, n_seeds: int | None = None) -> tuple[int, ...]:
         """The seeds of ``model``'s runs: ``--seeds``, else ``0 .. n - 1`` with the profile's ``n``."""
         if self.seeds is not None:
             return tuple(self.seeds)
@@ -143,8 +157,15 @@ class Plan:
             return self.dataset
         return self.profile.script_setting(model).dataset
 
-    def run(self, model: str, method: Method, seed: int, width: float = 1, epochs: Optional[int] = None,
-            early_stopping: bool = True) -> RunSpec:
+    def run(
+        self,
+        model: str,
+        method: Method,
+        seed: int,
+        width: float = 1,
+        epochs: int | None = None,
+        early_stopping: bool = True,
+    ) -> RunSpec:
         """The run of ``method`` on ``model`` (at ``width`` times the profile's width) with ``seed``,
         for ``epochs`` (``--epochs``, else the profile's), with or without early stopping."""
         setting = self.profile.script_setting(model)
@@ -166,20 +187,30 @@ class Plan:
             flags.append("--dry_run")
             setting_tag += "-dry"
         flags += [*method.flags, "--seed", str(seed)]
-        return RunSpec(script, tuple(flags), f"{model_tag}/{setting_tag}/{method.name}/seed{seed}",
-                       model=model, method=method, seed=seed)
+        return RunSpec(
+            script,
+            tuple(flags),
+            f"{model_tag}/{setting_tag}/{method.name}/seed{seed}",
+            model=model,
+            method=method,
+            seed=seed,
+        )
 
-    def row_runs(self, row: Row) -> List[RunSpec]:
+    def row_runs(self, row: Row) -> list[RunSpec]:
         """Every run of ``row``: each method of each column, with each seed."""
-        return [self.run(row.model, method, seed, width=row.width)
-                for column in row.columns for method in column.methods for seed in self.seeds_for(row.model)]
+        return [
+            self.run(row.model, method, seed, width=row.width)
+            for column in row.columns
+            for method in column.methods
+            for seed in self.seeds_for(row.model)
+        ]
 
 
 def script_of(model: str) -> str:
     return "main_rnn" if is_lstm(model) else "main_cnn"
 
 
-def unique(runs: Iterable[RunSpec]) -> List[RunSpec]:
+def unique(runs: Iterable[RunSpec]) -> list[RunSpec]:
     """``runs`` without repeats (same folder), in their first order."""
     seen, out = set(), []
     for run in runs:

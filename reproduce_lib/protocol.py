@@ -6,8 +6,8 @@ Ollivier, "Learning with Random Learning Rates", ECML-PKDD 2019, arXiv
 A profile says how much of that protocol to run: ``paper`` is all of it,
 ``quick`` a small version on offline data sets that runs on a laptop CPU.
 """
+
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
 
 import models
 
@@ -50,7 +50,7 @@ def is_lstm(model: str) -> bool:
     return model == LSTM
 
 
-def loss_metric(model: str) -> Tuple[str, str]:
+def loss_metric(model: str) -> tuple[str, str]:
     """``(key, unit)`` of the loss a model's results report: the metrics' ``<split>_<key>``
     (``bpc``: the LSTM's bits per character; ``loss``: the CNNs' nats)."""
     return ("bpc", "bits/char") if is_lstm(model) else ("loss", "nats")
@@ -64,20 +64,20 @@ class Published:
 
     loss_text: str
     top1_text: str
-    lr: Optional[float] = None
+    lr: float | None = None
 
     @staticmethod
-    def _parse(text: str) -> Tuple[float, float]:
+    def _parse(text: str) -> tuple[float, float]:
         mean, std = text.split("±")
         return float(mean), float(std)
 
     @property
-    def loss(self) -> Tuple[float, float]:
+    def loss(self) -> tuple[float, float]:
         """``(mean, std)``."""
         return self._parse(self.loss_text)
 
     @property
-    def top1(self) -> Tuple[float, float]:
+    def top1(self) -> tuple[float, float]:
         """``(mean, std)``, in %."""
         return self._parse(self.top1_text)
 
@@ -85,30 +85,37 @@ class Published:
 #: Table 1 of the paper, by ``(model, width multiplier)`` then column. CNNs: CIFAR-10, loss in
 #: nats; LSTM: Penn Treebank at character level, loss in bits per character. The width×3 rows
 #: have no SGD column.
-PAPER_TABLE1: Dict[Tuple[str, float], Dict[str, Published]] = {
-    ("MobileNetV2", 1): {"SGD": Published("0.37 ± 0.01", "90.2 ± 0.3", lr=1e-1),
-                         "Adam": Published("1.01 ± 0.95", "78 ± 11"),
-                         "Alrao": Published("0.42 ± 0.02", "88.1 ± 0.6")},
-    ("MobileNetV2", 3): {"Adam": Published("0.32 ± 0.02", "90.8 ± 0.4"),
-                         "Alrao": Published("0.35 ± 0.01", "89.0 ± 0.6")},
-    ("GoogLeNet", 1): {"SGD": Published("0.45 ± 0.05", "89.6 ± 1.0", lr=1e-2),
-                       "Adam": Published("0.47 ± 0.04", "89.8 ± 0.4"),
-                       "Alrao": Published("0.47 ± 0.03", "88.9 ± 0.8")},
-    ("GoogLeNet", 3): {"Adam": Published("0.41 ± 0.02", "88.6 ± 0.6"),
-                       "Alrao": Published("0.37 ± 0.01", "89.8 ± 0.8")},
-    ("VGG19", 1): {"SGD": Published("0.42 ± 0.02", "89.5 ± 0.2", lr=1e-1),
-                   "Adam": Published("0.43 ± 0.02", "88.9 ± 0.4"),
-                   "Alrao": Published("0.45 ± 0.03", "87.5 ± 0.4")},
-    ("VGG19", 3): {"Adam": Published("0.37 ± 0.01", "89.5 ± 0.8"),
-                   "Alrao": Published("0.381 ± 0.004", "88.4 ± 0.7")},
-    (LSTM, 1): {"SGD": Published("1.566 ± 0.003", "66.1 ± 0.1", lr=1.0),
-                "Adam": Published("1.587 ± 0.005", "65.6 ± 0.1"),
-                "Alrao": Published("1.67 ± 0.01", "64.1 ± 0.2")},
+PAPER_TABLE1: dict[tuple[str, float], dict[str, Published]] = {
+    ("MobileNetV2", 1): {
+        "SGD": Published("0.37 ± 0.01", "90.2 ± 0.3", lr=1e-1),
+        "Adam": Published("1.01 ± 0.95", "78 ± 11"),
+        "Alrao": Published("0.42 ± 0.02", "88.1 ± 0.6"),
+    },
+    ("MobileNetV2", 3): {
+        "Adam": Published("0.32 ± 0.02", "90.8 ± 0.4"),
+        "Alrao": Published("0.35 ± 0.01", "89.0 ± 0.6"),
+    },
+    ("GoogLeNet", 1): {
+        "SGD": Published("0.45 ± 0.05", "89.6 ± 1.0", lr=1e-2),
+        "Adam": Published("0.47 ± 0.04", "89.8 ± 0.4"),
+        "Alrao": Published("0.47 ± 0.03", "88.9 ± 0.8"),
+    },
+    ("GoogLeNet", 3): {"Adam": Published("0.41 ± 0.02", "88.6 ± 0.6"), "Alrao": Published("0.37 ± 0.01", "89.8 ± 0.8")},
+    ("VGG19", 1): {
+        "SGD": Published("0.42 ± 0.02", "89.5 ± 0.2", lr=1e-1),
+        "Adam": Published("0.43 ± 0.02", "88.9 ± 0.4"),
+        "Alrao": Published("0.45 ± 0.03", "87.5 ± 0.4"),
+    },
+    ("VGG19", 3): {"Adam": Published("0.37 ± 0.01", "89.5 ± 0.8"), "Alrao": Published("0.381 ± 0.004", "88.4 ± 0.7")},
+    (LSTM, 1): {
+        "SGD": Published("1.566 ± 0.003", "66.1 ± 0.1", lr=1.0),
+        "Adam": Published("1.587 ± 0.005", "65.6 ± 0.1"),
+        "Alrao": Published("1.67 ± 0.01", "64.1 ± 0.2"),
+    },
 }
 #: The paper's data sets: Table 1's numbers are comparable with ours only on these.
 PAPER_DATASETS = {"main_cnn": "cifar10", "main_rnn": "ptb"}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "digits": "digits", "fake": "fake images",
-                 "ptb": "PTB", "pydoc": "pydoc"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "digits": "digits", "fake": "fake images", "ptb": "PTB", "pydoc": "pydoc"}
 
 
 # ---------------------------------------------------------------- profiles
@@ -126,7 +133,7 @@ class ScriptSetting:
     dataset: str
     epochs: int
     n_seeds: int
-    flags: Tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ class TriangleSetting:
     learning rates), plain SGD on the diagonal, ``epochs`` epochs without early stopping."""
 
     model: str
-    ends_log10: Tuple[int, ...]
+    ends_log10: tuple[int, ...]
     epochs: int
     n_seeds: int
 
@@ -157,8 +164,8 @@ class Profile:
     cnn: ScriptSetting
     lstm: ScriptSetting
     size_multiplier: float
-    table1_models: Tuple[str, ...]
-    curve_models: Tuple[str, ...]
+    table1_models: tuple[str, ...]
+    curve_models: tuple[str, ...]
     triangle: TriangleSetting
 
     def script_setting(self, model: str) -> ScriptSetting:
@@ -170,11 +177,11 @@ class Profile:
 # 20 streams, clipping 0.25, are main_rnn.py's defaults).
 CHAR_LSTM_FLAGS = ("--char_prediction", "--bptt", "70")
 
-PROFILES: Dict[str, Profile] = {
+PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         description="the published protocol: CIFAR-10 (10 seeds, at most 50 epochs, early stopping after 20 "
-                    "epochs without a better validation loss), PTB at character level (5 seeds, 300 epochs)",
+        "epochs without a better validation loss), PTB at character level (5 seeds, 300 epochs)",
         # The paper gives no maximum number of epochs for CIFAR-10: 50 is main_cnn.py's
         # default (--epochs raises it); early stopping may end runs sooner.
         cnn=ScriptSetting("cifar10", epochs=50, n_seeds=10),
@@ -188,8 +195,8 @@ PROFILES: Dict[str, Profile] = {
     "quick": Profile(
         name="quick",
         description="minutes on a CPU, offline data: scikit-learn's digits for the CNNs (at a quarter of "
-                    "their width; VGG19 only unless --models), Python's pydoc text for the character LSTM, "
-                    "2 seeds, 5 epochs (LSTM 2)",
+        "their width; VGG19 only unless --models), Python's pydoc text for the character LSTM, "
+        "2 seeds, 5 epochs (LSTM 2)",
         cnn=ScriptSetting("digits", epochs=5, n_seeds=2),
         lstm=ScriptSetting("pydoc", epochs=2, n_seeds=2, flags=CHAR_LSTM_FLAGS),
         size_multiplier=0.25,

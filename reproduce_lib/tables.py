@@ -1,12 +1,14 @@
 """Table 1 as Markdown (the paper's layout, its numbers beside ours) and as JSON (the same numbers)."""
+
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from .aggregate import Cell, RowResult, Stat
 from .outputs import DASH, Provenance, atomic_write_text, format_rate, write_json
 from .protocol import DATASET_NAMES, PAPER_SOURCE, SGD_RATES, Published, is_lstm
 
-def format_stat(stat: Optional[Stat], decimals: int) -> str:
+
+def format_stat(stat: Stat | None, decimals: int) -> str:
     if stat is None:
         return DASH
     if stat.std is None:
@@ -40,7 +42,7 @@ def row_name(row: RowResult, base_width: float) -> str:
     return display_name(row.row.model, row.dataset, base_width * row.row.width)
 
 
-def column_titles(rows: Sequence[RowResult]) -> List[tuple]:
+def column_titles(rows: Sequence[RowResult]) -> list[tuple]:
     """``(title, tuned)`` of every column of the table, in first-seen order."""
     seen = {}
     for row in rows:
@@ -49,22 +51,28 @@ def column_titles(rows: Sequence[RowResult]) -> List[tuple]:
     return list(seen.items())
 
 
-def difference(ours: Optional[Stat], paper: Optional[tuple], decimals: int) -> str:
+def difference(ours: Stat | None, paper: tuple | None, decimals: int) -> str:
     if ours is None or paper is None:
         return DASH
     return f"{ours.mean - paper[0]:+.{decimals}f}"
 
 
-def markdown_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: float, runs_dir: str,
-                    title: str = "Table 1") -> str:
+def markdown_table1(
+    rows: Sequence[RowResult], provenance: Provenance, base_width: float, runs_dir: str, title: str = "Table 1"
+) -> str:
     """The Markdown text of the table: per model, our row, the paper's row and their difference."""
     columns = column_titles(rows)
     header = ["Model", ""]
     for name, tuned in columns:
         header += ([f"{name} best lr"] if tuned else []) + [f"{name} loss", f"{name} top-1"]
-    lines = [f"# {title}: test loss and top-1 accuracy at the epoch of best validation loss", "",
-             f"{provenance.line()} · `{provenance.command}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {title}: test loss and top-1 accuracy at the epoch of best validation loss",
+        "",
+        f"{provenance.line()} · `{provenance.command}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         cells = {cell.title: cell for cell in row.cells}
         decimals = loss_decimals(row)
@@ -73,7 +81,7 @@ def markdown_table1(rows: Sequence[RowResult], provenance: Provenance, base_widt
         diff = ["", "ours − paper"] if row.paper and row.comparable else None
         for name, tuned in columns:
             cell = cells.get(name)
-            published: Optional[Published] = row.paper.get(name) if row.paper else None
+            published: Published | None = row.paper.get(name) if row.paper else None
             if tuned:
                 ours.append(format_rate(cell.lr) if cell else DASH)
                 if paper is not None:
@@ -88,8 +96,11 @@ def markdown_table1(rows: Sequence[RowResult], provenance: Provenance, base_widt
             if paper is not None:
                 paper += [published.loss_text, published.top1_text] if published else [DASH, DASH]
             if diff is not None:
-                diff += ([difference(cell.loss, published.loss, decimals), difference(cell.top1, published.top1, 1)]
-                         if cell and published else [DASH, DASH])
+                diff += (
+                    [difference(cell.loss, published.loss, decimals), difference(cell.top1, published.top1, 1)]
+                    if cell and published
+                    else [DASH, DASH]
+                )
         for line in (ours, paper, diff):
             if line is not None:
                 lines.append("| " + " | ".join(line) + " |")
@@ -97,7 +108,7 @@ def markdown_table1(rows: Sequence[RowResult], provenance: Provenance, base_widt
     return "\n".join(lines) + "\n"
 
 
-def common_notes() -> List[str]:
+def common_notes() -> list[str]:
     """What every table's cells are: metrics, the paper's three methods, the marks."""
     grid = ", ".join(format_rate(lr) for lr in SGD_RATES)
     return [
@@ -113,17 +124,19 @@ def common_notes() -> List[str]:
     ]
 
 
-def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> List[str]:
+def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> list[str]:
     notes = [*common_notes(), f"Paper: {PAPER_SOURCE} (CIFAR-10 at width 1 and 3; PTB at character level)."]
     if any(row.paper and not row.comparable for row in rows):
-        notes.append("The paper's numbers are for its data and widths; rows on other data or widths show "
-                     "them for reference, without a difference.")
+        notes.append(
+            "The paper's numbers are for its data and widths; rows on other data or widths show "
+            "them for reference, without a difference."
+        )
     notes.append(f"Runs: `{runs_dir}`.")
     return ["- " + note for note in notes]
 
 
 # ---------------------------------------------------------------------- JSON
-def _stat(stat: Optional[Stat]) -> Optional[dict]:
+def _stat(stat: Stat | None) -> dict | None:
     return None if stat is None else {"mean": stat.mean, "std": stat.std, "n": stat.n}
 
 
@@ -135,24 +148,43 @@ def json_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: f
         for cell in row.cells:
             published = row.paper.get(cell.title) if row.paper else None
             cells[cell.title] = {
-                "method": cell.method, "lr": cell.lr, "loss": _stat(cell.loss), "top1": _stat(cell.top1),
-                "expected": cell.expected, "missing": cell.missing, "diverged": cell.diverged,
-                "no_result": cell.no_result, "choice_incomplete": cell.choice_incomplete,
-                "validation_loss_by_method": cell.validation, "runs": cell.runs,
-                "paper": None if published is None else {"loss": list(published.loss), "top1": list(published.top1),
-                                                         "lr": published.lr},
-                "difference": None if not (published and row.comparable) else {
+                "method": cell.method,
+                "lr": cell.lr,
+                "loss": _stat(cell.loss),
+                "top1": _stat(cell.top1),
+                "expected": cell.expected,
+                "missing": cell.missing,
+                "diverged": cell.diverged,
+                "no_result": cell.no_result,
+                "choice_incomplete": cell.choice_incomplete,
+                "validation_loss_by_method": cell.validation,
+                "runs": cell.runs,
+                "paper": None
+                if published is None
+                else {"loss": list(published.loss), "top1": list(published.top1), "lr": published.lr},
+                "difference": None
+                if not (published and row.comparable)
+                else {
                     "loss": cell.loss.mean - published.loss[0] if cell.loss else None,
-                    "top1": cell.top1.mean - published.top1[0] if cell.top1 else None},
+                    "top1": cell.top1.mean - published.top1[0] if cell.top1 else None,
+                },
             }
-        out["rows"].append({
-            "name": row_name(row, base_width), "model": row.row.model, "width": row.row.width,
-            "size_multiplier": None if is_lstm(row.row.model) else base_width * row.row.width,
-            "dataset": row.dataset, "loss_unit": row.loss_unit, "comparable": row.comparable, "cells": cells})
+        out["rows"].append(
+            {
+                "name": row_name(row, base_width),
+                "model": row.row.model,
+                "width": row.row.width,
+                "size_multiplier": None if is_lstm(row.row.model) else base_width * row.row.width,
+                "dataset": row.dataset,
+                "loss_unit": row.loss_unit,
+                "comparable": row.comparable,
+                "cells": cells,
+            }
+        )
     return out
 
 
-def write_table(results_dir: Path, stem: str, markdown: str, numbers: dict) -> List[Path]:
+def write_table(results_dir: Path, stem: str, markdown: str, numbers: dict) -> list[Path]:
     """Write ``<stem>.md`` and ``<stem>.json`` into ``results_dir`` (atomically); returns their paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
     md, js = results_dir / f"{stem}.md", results_dir / f"{stem}.json"
@@ -161,24 +193,35 @@ def write_table(results_dir: Path, stem: str, markdown: str, numbers: dict) -> L
     return [md, js]
 
 
-def write_table1(rows: Sequence[RowResult], provenance: Provenance, base_width: float, results_dir: Path,
-                 runs_dir: str) -> List[Path]:
+def write_table1(
+    rows: Sequence[RowResult], provenance: Provenance, base_width: float, results_dir: Path, runs_dir: str
+) -> list[Path]:
     """Table 1 (one row per model, the paper's beside ours) as ``table1.md`` and ``table1.json``."""
-    return write_table(results_dir, "table1", markdown_table1(rows, provenance, base_width, runs_dir),
-                       json_table1(rows, provenance, base_width))
+    return write_table(
+        results_dir,
+        "table1",
+        markdown_table1(rows, provenance, base_width, runs_dir),
+        json_table1(rows, provenance, base_width),
+    )
 
 
 # ------------------------------------------------------------------ baselines
-def markdown_by_method(rows: Sequence[RowResult], provenance: Provenance, base_width: float, title: str,
-                       notes: Sequence[str]) -> str:
+def markdown_by_method(
+    rows: Sequence[RowResult], provenance: Provenance, base_width: float, title: str, notes: Sequence[str]
+) -> str:
     """One row per method (column pairs of ``rows``), one column pair (loss, top-1) per model:
     the layout for many methods on few models. A tuned column's cells say the rate chosen."""
     header = ["Method"]
     for row in rows:
         header += [f"{row_name(row, base_width)} loss", "top-1"]
-    lines = [f"# {title}: test loss and top-1 accuracy at the epoch of best validation loss", "",
-             f"{provenance.line()} · `{provenance.command}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {title}: test loss and top-1 accuracy at the epoch of best validation loss",
+        "",
+        f"{provenance.line()} · `{provenance.command}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for name, tuned in column_titles(rows):
         line = [f"{name} (best lr on validation)" if tuned else name]
         for row in rows:

@@ -1,4 +1,5 @@
 """Suite-wide settings."""
+
 import torch
 
 # One intra-op thread: the tests use tiny tensors, for which a thread pool

@@ -1,4 +1,5 @@
 """Unit tests of reproduce.py's aggregation and tables, on hand-made run summaries."""
+
 import math
 
 import numpy as np
@@ -13,9 +14,17 @@ from reproduce_lib.tables import json_table1, markdown_table1
 
 def result(valid_loss, test_loss=None, test_acc=None, diverged=False, folder="run"):
     """A finished run whose best epoch has these metrics (``None``: no finite value, as JSON's null)."""
-    return RunResult(folder, {"status": "diverged" if diverged else "completed", "diverged": diverged,
-                              "best_epoch": None if valid_loss is None else 1, "valid_loss": valid_loss,
-                              "test_loss": test_loss, "test_acc": test_acc})
+    return RunResult(
+        folder,
+        {
+            "status": "diverged" if diverged else "completed",
+            "diverged": diverged,
+            "best_epoch": None if valid_loss is None else 1,
+            "valid_loss": valid_loss,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+        },
+    )
 
 
 # ---------------------------------------------------------------- mean ± std
@@ -35,8 +44,8 @@ def test_mean_std_leaves_out_missing_and_non_finite_values():
 def test_the_best_rate_is_the_lowest_mean_validation_loss_not_the_best_test_loss():
     candidates = {
         "sgd-lr0.01": [result(0.50, test_loss=0.30), result(0.70, test_loss=0.30)],  # mean 0.60
-        "sgd-lr0.1": [result(0.55, test_loss=0.90), result(0.55, test_loss=0.90)],   # mean 0.55: chosen
-        "sgd-lr1": [result(0.40), result(None, diverged=True)],                       # a run without result: inf
+        "sgd-lr0.1": [result(0.55, test_loss=0.90), result(0.55, test_loss=0.90)],  # mean 0.55: chosen
+        "sgd-lr1": [result(0.40), result(None, diverged=True)],  # a run without result: inf
     }
     assert choose_on_validation(candidates) == "sgd-lr0.1"
 
@@ -51,8 +60,10 @@ def test_missing_runs_are_left_out_of_the_choice_and_ties_go_to_the_first():
 # --------------------------------------------------------------------- cells
 def test_a_tuned_column_reports_the_chosen_rate_and_its_test_metrics_over_seeds():
     column = Column("SGD", (sgd(0.01), sgd(0.1)))
-    results = {"sgd-lr0.01": [result(0.9, 0.8, 0.70), result(0.9, 0.8, 0.70)],
-               "sgd-lr0.1": [result(0.4, 0.5, 0.80, folder="a"), result(0.6, 0.7, 0.90, diverged=True, folder="b")]}
+    results = {
+        "sgd-lr0.01": [result(0.9, 0.8, 0.70), result(0.9, 0.8, 0.70)],
+        "sgd-lr0.1": [result(0.4, 0.5, 0.80, folder="a"), result(0.6, 0.7, 0.90, diverged=True, folder="b")],
+    }
     cell = column_cell(column, results, "test_loss")
     assert (cell.method, cell.lr) == ("sgd-lr0.1", 0.1)
     assert cell.loss == Stat(0.6, pytest.approx(math.sqrt(0.02)), 2)
@@ -94,7 +105,17 @@ def test_published_numbers_are_the_papers_text():
 def test_rates_and_seeds_are_written_as_the_paper_does():
     assert [format_rate(lr) for lr in SGD_RATES] == ["1e-5", "1e-4", "1e-3", "1e-2", "1e-1", "1", "10"]
     assert [format_rate(10 ** (-5 + 6 * j / 9)) for j in range(10)] == [
-        "1e-5", "4.6e-5", "2.2e-4", "1e-3", "4.6e-3", "0.022", "1e-1", "0.46", "2.2", "10"]  # Alrao's copies
+        "1e-5",
+        "4.6e-5",
+        "2.2e-4",
+        "1e-3",
+        "4.6e-3",
+        "0.022",
+        "1e-1",
+        "0.46",
+        "2.2",
+        "10",
+    ]  # Alrao's copies
     assert format_rate(250.0) == "2.5e2" and format_rate(None) == "–"
     float32 = [float(np.float32(lr)) for lr in (1e-5, 1e-3, 0.1, 10 ** (-5 + 6 / 9))]  # rates read from tensors
     assert [format_rate(lr) for lr in float32] == ["1e-5", "1e-3", "1e-1", "4.6e-5"]
@@ -103,10 +124,17 @@ def test_rates_and_seeds_are_written_as_the_paper_does():
 
 def _row(comparable):
     column = Column("SGD", (sgd(0.01), sgd(0.1)))
-    cell = column_cell(column, {"sgd-lr0.1": [result(0.4, 0.40, 0.9), result(0.6, 0.50, 0.8, diverged=True), None]},
-                       "test_loss")
-    return RowResult(Row("VGG19", 1, (column,)), "cifar10" if comparable else "digits", "nats", [cell],
-                     PAPER_TABLE1[("VGG19", 1)], comparable)
+    cell = column_cell(
+        column, {"sgd-lr0.1": [result(0.4, 0.40, 0.9), result(0.6, 0.50, 0.8, diverged=True), None]}, "test_loss"
+    )
+    return RowResult(
+        Row("VGG19", 1, (column,)),
+        "cifar10" if comparable else "digits",
+        "nats",
+        [cell],
+        PAPER_TABLE1[("VGG19", 1)],
+        comparable,
+    )
 
 
 def test_the_markdown_table_puts_ours_the_paper_and_the_difference_side_by_side():
@@ -128,7 +156,9 @@ def test_results_say_when_their_runs_were_trained_by_other_code():
     assert Provenance("quick", "0", "abc", "cmd", ("abc",)).line() == "profile quick · seeds 0 · commit abc"
     other = Provenance("quick", "0", "abc", "cmd", ("123", "abc"))
     assert other.line().endswith("commit abc (runs trained at 123, abc)") and other.as_dict()["run_commits"] == [
-        "123", "abc"]
+        "123",
+        "abc",
+    ]
 
 
 def test_other_data_get_the_papers_numbers_for_reference_but_no_difference():

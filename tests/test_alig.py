@@ -1,4 +1,5 @@
 """Tests of alrao.AliG against steps computed by hand (Berrada et al. 2020)."""
+
 import copy
 
 import pytest
@@ -26,6 +27,7 @@ def closure_for(w, optimizer):
         loss = quadratic(w)
         loss.backward()
         return loss
+
     return closure
 
 
@@ -43,29 +45,36 @@ def hand_step(w, buf, max_lr, momentum, eps=0.0, adjusted=False):
     return w, buf, step
 
 
-@pytest.mark.parametrize("max_lr, expected", [
-    (1.0, [0.8, 0.4]),    # clip inactive: step 0.2, w1 = w0 - 0.2 * (1, 3)
-    (0.1, [0.9, 0.7]),    # clip active: step 0.1
-])
+@pytest.mark.parametrize(
+    "max_lr, expected",
+    [
+        (1.0, [0.8, 0.4]),  # clip inactive: step 0.2, w1 = w0 - 0.2 * (1, 3)
+        (0.1, [0.9, 0.7]),  # clip active: step 0.1
+    ],
+)
 def test_one_step_without_momentum(max_lr, expected):
     w, opt = make(max_lr)
     opt.step(closure_for(w, opt))
     torch.testing.assert_close(w.detach(), torch.tensor(expected, dtype=torch.float64))
-    assert opt.param_groups[0]['step_size'].item() == pytest.approx(min(max_lr, 0.2))
+    assert opt.param_groups[0]["step_size"].item() == pytest.approx(min(max_lr, 0.2))
 
 
-@pytest.mark.parametrize("max_lr, expected", [
-    # step 0.2: z1 = -0.2 * (1, 3); w1 = w0 - 0.2 * (1, 3) + 0.9 * z1 = (0.62, -0.14)
-    (1.0, [0.62, -0.14]),
-    # step 0.1: w1 = w0 - 0.19 * (1, 3)
-    (0.1, [0.81, 0.43]),
-])
+@pytest.mark.parametrize(
+    "max_lr, expected",
+    [
+        # step 0.2: z1 = -0.2 * (1, 3); w1 = w0 - 0.2 * (1, 3) + 0.9 * z1 = (0.62, -0.14)
+        (1.0, [0.62, -0.14]),
+        # step 0.1: w1 = w0 - 0.19 * (1, 3)
+        (0.1, [0.81, 0.43]),
+    ],
+)
 def test_one_step_with_momentum(max_lr, expected):
     w, opt = make(max_lr, momentum=0.9)
     opt.step(closure_for(w, opt))
     torch.testing.assert_close(w.detach(), torch.tensor(expected, dtype=torch.float64))
-    torch.testing.assert_close(opt.state[w]['momentum_buffer'],
-                               -min(max_lr, 0.2) * torch.tensor([1.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        opt.state[w]["momentum_buffer"], -min(max_lr, 0.2) * torch.tensor([1.0, 3.0], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("adjusted", [False, True])
@@ -79,7 +88,7 @@ def test_three_steps_match_hand_computation(adjusted, max_lr):
         opt.step(closure_for(w, opt))
         w_hand, buf, step = hand_step(w_hand, buf, max_lr, 0.9, eps=1e-5, adjusted=adjusted)
         torch.testing.assert_close(w.detach(), torch.tensor(w_hand, dtype=torch.float64))
-        assert opt.param_groups[0]['step_size'].item() == pytest.approx(step, rel=1e-12)
+        assert opt.param_groups[0]["step_size"].item() == pytest.approx(step, rel=1e-12)
 
 
 def test_loss_of_closure_or_precomputed_gradient_agree():
@@ -87,12 +96,12 @@ def test_loss_of_closure_or_precomputed_gradient_agree():
     # torch usage (the closure recomputes the gradient) give the same step.
     w1, opt1 = make(1.0, momentum=0.5)
     w2, opt2 = make(1.0, momentum=0.5)
-    for as_value in (lambda t: t, lambda t: t.item()):    # a tensor, then a float
+    for as_value in (lambda t: t, lambda t: t.item()):  # a tensor, then a float
         opt1.step(closure_for(w1, opt1))
         opt2.zero_grad()
         loss = quadratic(w2)
         loss.backward()
-        returned = opt2.step(lambda: as_value(loss))
+        returned = opt2.step(lambda as_value=as_value, loss=loss: as_value(loss))
         assert float(torch.as_tensor(returned).detach()) == pytest.approx(loss.item())
     torch.testing.assert_close(w1.detach(), w2.detach())
 
@@ -101,25 +110,26 @@ def test_squared_norm_is_global_and_clip_per_group():
     # Two groups: the step size uses ||g||^2 of all parameters, each group clips at its max_lr.
     u = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
     v = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = AliG([{'params': [u]}, {'params': [v], 'max_lr': 0.1}], max_lr=1.0, eps=0.0)
+    opt = AliG([{"params": [u]}, {"params": [v], "max_lr": 0.1}], max_lr=1.0, eps=0.0)
 
     def closure():
         opt.zero_grad()
-        loss = 0.5 * (u * u).sum() + 1.5 * (v * v).sum()   # = quadratic((u, v))
+        loss = 0.5 * (u * u).sum() + 1.5 * (v * v).sum()  # = quadratic((u, v))
         loss.backward()
         return loss
+
     opt.step(closure)
-    assert opt.param_groups[0]['step_size'].item() == pytest.approx(0.2)
-    assert opt.param_groups[1]['step_size'].item() == pytest.approx(0.1)
+    assert opt.param_groups[0]["step_size"].item() == pytest.approx(0.2)
+    assert opt.param_groups[1]["step_size"].item() == pytest.approx(0.1)
     assert u.item() == pytest.approx(0.8)
     assert v.item() == pytest.approx(1.0 - 0.1 * 3.0)
 
 
 def test_unclipped_when_max_lr_is_none_and_no_step_for_zero_gradient():
     w, opt = make(None)
-    w.data.mul_(1e3)                     # far away: the Polyak step is still 0.2
+    w.data.mul_(1e3)  # far away: the Polyak step is still 0.2
     opt.step(closure_for(w, opt))
-    assert opt.param_groups[0]['step_size'].item() == pytest.approx(0.2)
+    assert opt.param_groups[0]["step_size"].item() == pytest.approx(0.2)
     # At the minimum, eps keeps the step finite and the parameters stay put.
     z = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     opt = AliG([z], max_lr=None)
@@ -162,16 +172,19 @@ def test_missing_closure_is_a_clear_error():
         opt.step(lambda: torch.ones(3))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_lr=0.0), "max_lr"),
-    (dict(max_lr=-1.0), "max_lr"),
-    (dict(max_lr=float('inf')), "max_lr"),
-    (dict(max_lr=0.1, momentum=-0.1), "momentum"),
-    (dict(max_lr=0.1, momentum=1.0), "momentum"),
-    (dict(max_lr=0.1, eps=-1e-5), "eps"),
-    (dict(max_lr=0.1, projection_fn="not callable"), "projection_fn"),
-    (dict(max_lr=0.1, adjusted_momentum=1), "adjusted_momentum"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_lr=0.0), "max_lr"),
+        (dict(max_lr=-1.0), "max_lr"),
+        (dict(max_lr=float("inf")), "max_lr"),
+        (dict(max_lr=0.1, momentum=-0.1), "momentum"),
+        (dict(max_lr=0.1, momentum=1.0), "momentum"),
+        (dict(max_lr=0.1, eps=-1e-5), "eps"),
+        (dict(max_lr=0.1, projection_fn="not callable"), "projection_fn"),
+        (dict(max_lr=0.1, adjusted_momentum=1), "adjusted_momentum"),
+    ],
+)
 def test_invalid_arguments(kwargs, match):
     w = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match=match):
@@ -181,7 +194,7 @@ def test_invalid_arguments(kwargs, match):
 def test_invalid_group_override():
     w = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="momentum"):
-        AliG([{'params': [w], 'momentum': 2.0}], max_lr=0.1)
+        AliG([{"params": [w], "momentum": 2.0}], max_lr=0.1)
 
 
 def test_state_dict_round_trip_resumes_identically():
@@ -190,7 +203,7 @@ def test_state_dict_round_trip_resumes_identically():
     w2 = torch.nn.Parameter(w1.detach().clone())
     opt2 = AliG([w2], max_lr=1.0)
     opt2.load_state_dict(copy.deepcopy(opt1.state_dict()))
-    assert opt2.param_groups[0]['momentum'] == 0.9
+    assert opt2.param_groups[0]["momentum"] == 0.9
     for _ in range(2):
         opt1.step(closure_for(w1, opt1))
         opt2.step(closure_for(w2, opt2))
@@ -207,7 +220,8 @@ def test_parameter_without_gradient_and_float32():
         loss = 0.5 * (A.float() * w * w).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     assert frozen.grad is None and frozen.item() == 5.0 and frozen not in opt.state
     torch.testing.assert_close(w.detach(), torch.tensor([0.62, -0.14]))
-    assert opt.param_groups[0]['step_size'].dtype == torch.float32
+    assert opt.param_groups[0]["step_size"].dtype == torch.float32

@@ -1,6 +1,7 @@
 """The tuning-free baselines in the runner (experiment/baselines.py): each trains through
 main_cnn.py, Schedule-Free evaluates and saves its evaluation point, DoG its averaged weights,
 and a missing optional package is a one-line error naming the pip command."""
+
 import json
 import sys
 
@@ -48,8 +49,14 @@ def test_each_baseline_trains_a_dry_run(tmp_path, name):
     assert checkpoint["args"]["optimizer"] == name
     (record,) = records(tmp_path)
     assert record["lr"] == (0.1 if name in ("AliG", "SGDScheduleFree") else experiment.OPTIMIZERS[name].default_lr)
-    extra = {"AliG": "step_size", "Prodigy": "adapted_lr", "DAdaptSGD": "adapted_lr", "DAdaptAdam": "adapted_lr",
-             "DoG": "eta", "LDoG": "eta"}.get(name)
+    extra = {
+        "AliG": "step_size",
+        "Prodigy": "adapted_lr",
+        "DAdaptSGD": "adapted_lr",
+        "DAdaptAdam": "adapted_lr",
+        "DoG": "eta",
+        "LDoG": "eta",
+    }.get(name)
     assert extra is None or record[extra] > 0
 
 
@@ -71,15 +78,19 @@ def test_a_missing_package_is_a_one_line_error_naming_the_pip_command(monkeypatc
         main_cnn.build_parser().parse_args(["--optimizer", "Prodigy"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message == ("main_cnn.py: error: --optimizer Prodigy needs the package prodigyopt: pip install "
-                       "prodigyopt (or all the baselines: pip install 'alrao[baselines]')")
+    assert message == (
+        "main_cnn.py: error: --optimizer Prodigy needs the package prodigyopt: pip install "
+        "prodigyopt (or all the baselines: pip install 'alrao[baselines]')"
+    )
     with pytest.raises(baselines.MissingPackage, match="pip install prodigyopt"):
         baselines.prodigy(torch.nn.Linear(2, 2), 1.0, None)
 
 
 def test_options_a_baseline_does_not_use_are_errors(capsys):
-    for argv, named in [(["--optimizer", "AliG", "--weight_decay", "0.1"], "--weight_decay 0.1 is not used"),
-                        (["--optimizer", "DoG", "--use_alrao"], "--optimizer DoG has no Alrao version")]:
+    for argv, named in [
+        (["--optimizer", "AliG", "--weight_decay", "0.1"], "--weight_decay 0.1 is not used"),
+        (["--optimizer", "DoG", "--use_alrao"], "--optimizer DoG has no Alrao version"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main_cnn.build_parser().parse_args(argv)
         assert exit_info.value.code == 2 and named in capsys.readouterr().err
@@ -113,7 +124,10 @@ def schedule_free_reference(tmp_path_factory):
         return recompute(self)
 
     build, main_cnn_evaluate, atomic_torch_save = (
-        experiment.build_optimizer_hooks, main_cnn.evaluate, run_module.atomic_torch_save)
+        experiment.build_optimizer_hooks,
+        main_cnn.evaluate,
+        run_module.atomic_torch_save,
+    )
     recompute = baselines.ScheduleFreeHooks._recompute_batch_norm_statistics
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(experiment, "build_optimizer_hooks", build_optimizer_hooks)

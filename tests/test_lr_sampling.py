@@ -1,4 +1,5 @@
 """Feature learning rates: one rate per feature, log-uniform, shared by all incoming parameters."""
+
 import math
 import warnings
 
@@ -36,24 +37,25 @@ def per_feature(rates_by_feature):
     return values
 
 
-@pytest.mark.parametrize("module", [nn.Linear(7, 5), nn.Conv1d(3, 6, 3), nn.Conv2d(3, 6, 3),
-                                    nn.Conv3d(2, 4, 2), nn.Bilinear(3, 4, 5)])
+@pytest.mark.parametrize(
+    "module", [nn.Linear(7, 5), nn.Conv1d(3, 6, 3), nn.Conv2d(3, 6, 3), nn.Conv3d(2, 4, 2), nn.Bilinear(3, 4, 5)]
+)
 def test_output_unit_rules(module):
     r = expanded(module)
     n = module.weight.shape[0]
-    per_feature([torch.cat([r["weight"][i].flatten(), r["bias"][i:i + 1]]) for i in range(n)])
+    per_feature([torch.cat([r["weight"][i].flatten(), r["bias"][i : i + 1]]) for i in range(n)])
 
 
 @pytest.mark.parametrize("cls,groups", [(nn.ConvTranspose1d, 1), (nn.ConvTranspose2d, 3), (nn.ConvTranspose3d, 3)])
 def test_conv_transpose_output_channels(cls, groups):
     m = cls(6, 9, 2, groups=groups)
     r = expanded(m)
-    w = r["weight"]                       # (in, out/groups, *k)
+    w = r["weight"]  # (in, out/groups, *k)
     in_g, out_g = 6 // groups, 9 // groups
     features = []
     for o in range(9):
         g, j = divmod(o, out_g)
-        features.append(torch.cat([w[g * in_g:(g + 1) * in_g, j].flatten(), r["bias"][o:o + 1]]))
+        features.append(torch.cat([w[g * in_g : (g + 1) * in_g, j].flatten(), r["bias"][o : o + 1]]))
     per_feature(features)
 
 
@@ -73,8 +75,11 @@ def test_recurrent_hidden_unit_shares_rate_across_gates(cls, gates, bidirectiona
         for sfx in ["", "_reverse"][: 1 + bidirectional]:
             for h in range(hidden):
                 rows = [g * hidden + h for g in range(gates)]
-                parts = [r[f"{kind}_{io}_l{layer}{sfx}"][rows].flatten()
-                         for kind in ("weight", "bias") for io in ("ih", "hh")]
+                parts = [
+                    r[f"{kind}_{io}_l{layer}{sfx}"][rows].flatten()
+                    for kind in ("weight", "bias")
+                    for io in ("ih", "hh")
+                ]
                 features.append(torch.cat(parts))
     per_feature(features)
 
@@ -85,7 +90,9 @@ def test_lstm_projection_gets_rates():
     per_feature([r["weight_hr_l0"][i] for i in range(2)])
 
 
-@pytest.mark.parametrize("module", [nn.BatchNorm2d(5), nn.GroupNorm(1, 5), nn.LayerNorm(5), nn.InstanceNorm1d(5, affine=True)])
+@pytest.mark.parametrize(
+    "module", [nn.BatchNorm2d(5), nn.GroupNorm(1, 5), nn.LayerNorm(5), nn.InstanceNorm1d(5, affine=True)]
+)
 def test_norm_scale_and_shift_share_channel_rate(module):
     r = expanded(module)
     per_feature([torch.stack([r["weight"][c], r["bias"][c]]) for c in range(5)])
@@ -131,7 +138,7 @@ def test_register_rule_for_custom_layer():
     class Gate(nn.Module):
         def __init__(self):
             super().__init__()
-            self.w = nn.Parameter(torch.ones(3, 5))   # features along dim 1
+            self.w = nn.Parameter(torch.ones(3, 5))  # features along dim 1
 
     alrao.register_feature_rule(Gate, lambda mod, draw: {"w": draw(5).reshape(1, 5)})
     g = Gate()

@@ -1,4 +1,5 @@
 """End-to-end tests of main_cnn.py, in process, on a few batches of generated images."""
+
 import json
 import math
 
@@ -14,11 +15,10 @@ TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--b
 ALRAO = ["--use_alrao", "--minLR", "-4", "--maxLR", "0", "--n_last_layers", "3"]
 
 
-
-
 def strict_json(text):
     def reject(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     return json.loads(text, parse_constant=reject)
 
 
@@ -69,11 +69,15 @@ def test_an_alrao_run_writes_its_files(reference):
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == best["epoch"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["--optimizer", "SGD", "--lr", "0.05", "--momentum", "0.9", "--weight_decay", "5e-4"],
-    ["--optimizer", "Adam", "--no-data_augm"],
-    ["--optimizer", "Adam", *ALRAO],
-], ids=["plain-SGD", "plain-Adam", "alrao-Adam"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--optimizer", "SGD", "--lr", "0.05", "--momentum", "0.9", "--weight_decay", "5e-4"],
+        ["--optimizer", "Adam", "--no-data_augm"],
+        ["--optimizer", "Adam", *ALRAO],
+    ],
+    ids=["plain-SGD", "plain-Adam", "alrao-Adam"],
+)
 def test_dry_runs_with_and_without_alrao(tmp_path, argv):
     summary = run(tmp_path, *argv, "--epochs", "1")
     assert summary["status"] == "completed" and math.isfinite(summary["test_loss"])
@@ -150,14 +154,17 @@ def test_missing_data_exits_2_with_the_data_message(tmp_path, monkeypatch, capsy
     assert "main_cnn.py: error: CIFAR-10 not found in /nowhere" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--model_name", "ResNet50"], "argument --model_name: invalid choice: 'ResNet50'"),
-    (["--use_alrao", "--minLR", "2", "--maxLR", "-1"], "--minLR 2 is above --maxLR -1"),
-    (["--epochs", "-1"], "argument --epochs: expected an integer >= 1, got -1"),
-    (["--use_alrao", "--n_last_layers", "0"], "argument --n_last_layers: expected an integer >= 1, got 0"),
-    (["--size_multiplier", "0"], "argument --size_multiplier: expected a number > 0, got 0"),
-    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--model_name", "ResNet50"], "argument --model_name: invalid choice: 'ResNet50'"),
+        (["--use_alrao", "--minLR", "2", "--maxLR", "-1"], "--minLR 2 is above --maxLR -1"),
+        (["--epochs", "-1"], "argument --epochs: expected an integer >= 1, got -1"),
+        (["--use_alrao", "--n_last_layers", "0"], "argument --n_last_layers: expected an integer >= 1, got 0"),
+        (["--size_multiplier", "0"], "argument --size_multiplier: expected a number > 0, got 0"),
+        (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+    ],
+)
 def test_invalid_arguments_exit_2_naming_the_value(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main_cnn.build_parser().parse_args(argv)
@@ -172,9 +179,19 @@ def test_defaults_are_the_papers_protocol_and_the_documented_commands_parse():
     assert not baseline_command.use_alrao and baseline_command.lr == 0.001
     args = parser.parse_args([])
     assert (args.model_name, args.dataset, args.batch_size, args.epochs, args.optimizer) == (
-        "GoogLeNet", "cifar10", 32, 50, "SGD")
+        "GoogLeNet",
+        "cifar10",
+        32,
+        50,
+        "SGD",
+    )
     assert (args.momentum, args.weight_decay, args.data_augm, args.early_stopping, args.patience) == (
-        0.0, 0.0, True, True, 20)
+        0.0,
+        0.0,
+        True,
+        True,
+        20,
+    )
     alrao_args = parser.parse_args("--use_alrao --minLR -5 --maxLR 1 --n_last_layers 10 --model_name GoogLeNet".split())
     assert (alrao_args.minLR, alrao_args.maxLR, alrao_args.n_last_layers) == (-5, 1, 10)
     assert parser.parse_args(["--use_alrao"]).n_last_layers == 10

@@ -1,4 +1,5 @@
 """End-to-end tests of main_rnn.py, in process, on a few segments of the offline text corpus."""
+
 import json
 import math
 
@@ -13,11 +14,10 @@ TINY = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_siz
 ALRAO = ["--use_alrao", "--minLR", "-2", "--maxLR", "1", "--n_last_layers", "4"]
 
 
-
-
 def strict_json(text):
     def reject(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     return json.loads(text, parse_constant=reject)
 
 
@@ -47,11 +47,15 @@ def test_a_char_level_alrao_run_reports_bits_per_character(tmp_path):
     assert strict_json((tmp_path / "summary.json").read_text())["test_bpc"] == pytest.approx(summary["test_bpc"])
 
 
-@pytest.mark.parametrize("argv", [
-    ["--lr", "1", "--momentum", "0.5"],
-    ["--optimizer", "Adam", "--clip", "0"],
-    ["--optimizer", "Adam", *ALRAO],
-], ids=["plain-SGD", "plain-Adam", "alrao-Adam"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lr", "1", "--momentum", "0.5"],
+        ["--optimizer", "Adam", "--clip", "0"],
+        ["--optimizer", "Adam", *ALRAO],
+    ],
+    ids=["plain-SGD", "plain-Adam", "alrao-Adam"],
+)
 def test_word_level_dry_runs_report_perplexity(tmp_path, argv):
     summary = run(tmp_path, *argv, "--epochs", "1")
     (record,) = metrics(tmp_path)
@@ -90,15 +94,18 @@ def test_missing_data_exits_2_with_the_data_message(tmp_path, monkeypatch, capsy
     assert exit_info.value.code == 2 and "main_rnn.py: error: ptb.train.txt not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--use_alrao", "--minLR", "2", "--maxLR", "-1"], "--minLR 2 is above --maxLR -1"),
-    (["--epochs", "-5"], "argument --epochs: expected an integer >= 1, got -5"),
-    (["--use_alrao", "--n_last_layers", "0"], "argument --n_last_layers: expected an integer >= 1, got 0"),
-    (["--drop_out", "1"], "argument --drop_out: expected a number in [0, 1), got 1"),
-    (["--bptt", "0"], "argument --bptt: expected an integer >= 1, got 0"),
-    (["--minLR", "-3", "--maxLR", "2"], "--minLR -3 is used only with --use_alrao"),
-    (["--num_workers", "2"], "unrecognized arguments: --num_workers 2"),  # the text needs no loader workers
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--use_alrao", "--minLR", "2", "--maxLR", "-1"], "--minLR 2 is above --maxLR -1"),
+        (["--epochs", "-5"], "argument --epochs: expected an integer >= 1, got -5"),
+        (["--use_alrao", "--n_last_layers", "0"], "argument --n_last_layers: expected an integer >= 1, got 0"),
+        (["--drop_out", "1"], "argument --drop_out: expected a number in [0, 1), got 1"),
+        (["--bptt", "0"], "argument --bptt: expected an integer >= 1, got 0"),
+        (["--minLR", "-3", "--maxLR", "2"], "--minLR -3 is used only with --use_alrao"),
+        (["--num_workers", "2"], "unrecognized arguments: --num_workers 2"),  # the text needs no loader workers
+    ],
+)
 def test_invalid_arguments_exit_2_naming_the_value(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main_rnn.build_parser().parse_args(argv)
@@ -117,7 +124,14 @@ def test_the_documented_paper_command_turns_alrao_on_with_its_setting(tmp_path):
     assert args.use_alrao and args.char_prediction and args.epochs == 300
     assert (args.minLR, args.maxLR, args.n_last_layers, args.bptt, args.optimizer) == (-3, 2, 6, 70, "SGD")
     assert (args.emsize, args.nhid, args.nlayers, args.drop_out, args.clip, args.batch_size, args.patience) == (
-        100, 100, 2, 0.2, 0.25, 20, 20)
+        100,
+        100,
+        2,
+        0.2,
+        0.25,
+        20,
+        20,
+    )
     # The same command, on a few segments of the offline corpus, trains 6 copies at the paper's rates.
     main_rnn.main(main_rnn.build_parser().parse_args([*argv, "--dry_run", "--epochs", "1", "--out_dir", str(tmp_path)]))
     (record,) = metrics(tmp_path)
@@ -129,7 +143,12 @@ def test_the_documented_paper_command_turns_alrao_on_with_its_setting(tmp_path):
 def test_defaults_are_the_papers_except_bptt_and_epochs_set_by_the_issue():
     defaults = main_rnn.build_parser().parse_args(["--use_alrao"])
     assert (defaults.minLR, defaults.maxLR, defaults.n_last_layers, defaults.bptt, defaults.epochs) == (
-        -3, 2, 6, 35, 50)
+        -3,
+        2,
+        6,
+        35,
+        50,
+    )
     assert main_rnn.build_parser().parse_args([]).dataset == "ptb"
 
 

@@ -1,4 +1,5 @@
 """AlraoModel: the averaged output, the routed gradients, diverged copies, tuple outputs, forwarding."""
+
 import copy
 import math
 
@@ -102,6 +103,7 @@ def test_gradients_are_routed_as_in_the_paper(cls):
 def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverged):
     """On CPU the diverged-copy masks are skipped when every copy is finite; accelerators always
     apply them (no host sync). Forcing the masks here must not change any value or gradient."""
+
     def step():
         m = make(cls=alrao.LinearClassifier)
         if diverged:
@@ -169,15 +171,19 @@ def test_diverged_copy_is_masked_and_training_goes_on(cls):
     assert not torch.isfinite(m.last_copy_outputs[2]).any()
     assert m.posterior()[2] < 0.05
     assert any(not torch.equal(a, b) for a, b in zip(before, m.classifiers[0].parameters()))
-    assert torch.isnan(m.classifiers[2].fc.weight).all()   # untouched, not "repaired" by NaN updates
+    assert torch.isnan(m.classifiers[2].fc.weight).all()  # untouched, not "repaired" by NaN updates
 
 
-@pytest.mark.parametrize("layer,args,target", [
-    (alrao.LinearClassifier, (D, K), lambda n: torch.randint(0, K, (n,))),
-    (alrao.LinearRegressor, (D, 2), lambda n: torch.randn(n, 2)),
-])
+@pytest.mark.parametrize(
+    "layer,args,target",
+    [
+        (alrao.LinearClassifier, (D, K), lambda n: torch.randint(0, K, (n,))),
+        (alrao.LinearRegressor, (D, 2), lambda n: torch.randn(n, 2)),
+    ],
+)
 def test_batched_path_equals_generic_path(layer, args, target):
     """Same outputs, loss and gradients whether the copies run in one product or one by one."""
+
     class Generic(layer):
         def forward(self, x):
             return super().forward(x)
@@ -189,7 +195,7 @@ def test_batched_path_equals_generic_path(layer, args, target):
     torch.manual_seed(0)
     b = alrao.AlraoModel(task, loss, Pre(), N_COPIES, Generic, *args)
     with torch.no_grad():
-        a.classifiers[1].fc.weight[0, 0] = float("nan")   # one diverged copy
+        a.classifiers[1].fc.weight[0, 0] = float("nan")  # one diverged copy
         b.classifiers[1].fc.weight[0, 0] = float("nan")
     x, _ = batch()
     y = target(len(x))
@@ -226,7 +232,7 @@ def test_deferred_finite_check_raises_at_update_switch():
     with torch.no_grad():
         m.preclassifier.body[0].bias.fill_(float("nan"))
     m.loss(m(x), y)
-    m.update_switch()                       # first update: flag set, not read yet
+    m.update_switch()  # first update: flag set, not read yet
     m.loss(m(x), y)
     with pytest.raises(FloatingPointError, match="pre-classifier"):
         m.update_switch()
@@ -257,10 +263,10 @@ def test_tuple_output_and_method_forwarding():
     assert m.n_params() == [D * K + K] * N_COPIES
     with pytest.raises(AttributeError):
         m.method_fwd_preclassifier("nope")
-    clone = copy.deepcopy(m)       # forwarding survives a deep copy, bound to the copy
+    clone = copy.deepcopy(m)  # forwarding survives a deep copy, bound to the copy
     assert clone.width(2) == 2 * D
     with pytest.raises(AttributeError):
-        m.not_forwarded
+        _ = m.not_forwarded
 
 
 def test_protocol_errors():

@@ -1,5 +1,6 @@
 """AlraoSGD / AlraoAdam: equal to torch at min_lr == max_lr, foreach == reference,
 feature rates applied per feature, schedulers, state_dict round trips, validation."""
+
 import copy
 import io
 
@@ -13,8 +14,15 @@ import alrao
 def net(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     # no conv bias: before a BatchNorm its gradient is pure rounding noise, which Adam amplifies
-    return nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 4 * 4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).to(dtype)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        nn.LayerNorm(5),
+        nn.Linear(5, 3),
+    ).to(dtype)
 
 
 def data(n_steps=6, seed=1):
@@ -32,11 +40,22 @@ def train(model, opt, batches, scheduler=None):
     return model
 
 
-SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(momentum=0.5, dampening=0.3),
-               dict(weight_decay=1e-2), dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
-               dict(momentum=0.9, maximize=True)]
-ADAM_OPTIONS = [dict(), dict(amsgrad=True), dict(weight_decay=1e-2), dict(betas=(0.5, 0.9), eps=1e-6, amsgrad=True,
-                                                                            weight_decay=1e-3), dict(maximize=True)]
+SGD_OPTIONS = [
+    dict(),
+    dict(momentum=0.9),
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.5, dampening=0.3),
+    dict(weight_decay=1e-2),
+    dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
+    dict(momentum=0.9, maximize=True),
+]
+ADAM_OPTIONS = [
+    dict(),
+    dict(amsgrad=True),
+    dict(weight_decay=1e-2),
+    dict(betas=(0.5, 0.9), eps=1e-6, amsgrad=True, weight_decay=1e-3),
+    dict(maximize=True),
+]
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -80,14 +99,20 @@ def train_mixed(m, opt, steps=4):
         opt.step()
 
 
-@pytest.mark.parametrize("make", [
-    lambda m, fe: alrao.AlraoSGD(m, 1e-3, 1.0, momentum=0.9, weight_decay=1e-2, foreach=fe,
-                                 generator=torch.Generator().manual_seed(5)),
-    lambda m, fe: alrao.AlraoSGD(m, 1e-3, 1.0, momentum=0.9, nesterov=True, foreach=fe,
-                                 generator=torch.Generator().manual_seed(5)),
-    lambda m, fe: alrao.AlraoAdam(m, 1e-4, 1e-1, amsgrad=True, weight_decay=1e-2, foreach=fe,
-                                  generator=torch.Generator().manual_seed(5)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, fe: alrao.AlraoSGD(
+            m, 1e-3, 1.0, momentum=0.9, weight_decay=1e-2, foreach=fe, generator=torch.Generator().manual_seed(5)
+        ),
+        lambda m, fe: alrao.AlraoSGD(
+            m, 1e-3, 1.0, momentum=0.9, nesterov=True, foreach=fe, generator=torch.Generator().manual_seed(5)
+        ),
+        lambda m, fe: alrao.AlraoAdam(
+            m, 1e-4, 1e-1, amsgrad=True, weight_decay=1e-2, foreach=fe, generator=torch.Generator().manual_seed(5)
+        ),
+    ],
+)
 def test_foreach_equals_reference(make):
     a, b = mixed_model(), mixed_model()
     opt_a, opt_b = make(a, True), make(b, False)
@@ -118,7 +143,7 @@ def test_alrao_model_copies_get_log_spaced_rates():
     m = alrao.AlraoModel("classification", nn.NLLLoss(), pre, 5, alrao.LinearClassifier, 4, 2)
     opt = alrao.AlraoSGD(m, 1e-4, 1.0)
     assert opt.classifier_lrs() == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
-    for j, c in enumerate(m.classifiers):
+    for _j, c in enumerate(m.classifiers):
         for p in c.parameters():
             assert opt.state[p]["feature_lr"].dim() == 0
     assert opt.state[pre.weight]["feature_lr"].shape == (4, 1)
@@ -128,7 +153,7 @@ def test_scheduler_scales_every_rate():
     lin = nn.Linear(3, 2)
     opt = alrao.AlraoSGD(lin, 1e-2, 1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
-    opt.step()                     # no gradient yet: nothing moves
+    opt.step()  # no gradient yet: nothing moves
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     before = lin.weight.detach().clone()
@@ -138,8 +163,9 @@ def test_scheduler_scales_every_rate():
     torch.testing.assert_close(before - lin.weight, expected)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(alrao.AlraoSGD, dict(momentum=0.9, weight_decay=1e-3)),
-                                        (alrao.AlraoAdam, dict(amsgrad=True))])
+@pytest.mark.parametrize(
+    "cls,kwargs", [(alrao.AlraoSGD, dict(momentum=0.9, weight_decay=1e-3)), (alrao.AlraoAdam, dict(amsgrad=True))]
+)
 def test_resume_equals_uninterrupted(cls, kwargs):
     def build(seed):
         torch.manual_seed(seed)
@@ -167,7 +193,7 @@ def test_resume_equals_uninterrupted(cls, kwargs):
     torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf)
-    resumed, resumed_opt = build(1)           # other weights and other feature rates, overwritten by the load
+    resumed, resumed_opt = build(1)  # other weights and other feature rates, overwritten by the load
     resumed.load_state_dict(ckpt["model"])
     resumed_opt.load_state_dict(ckpt["optimizer"])
     steps(resumed, resumed_opt, batches[4:])
@@ -179,16 +205,19 @@ def test_resume_equals_uninterrupted(cls, kwargs):
         assert torch.equal(full_opt.state[p]["feature_lr"], resumed_opt.state[q]["feature_lr"])
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda m: alrao.AlraoSGD(m, 0.0, 1.0), "min_lr"),
-    (lambda m: alrao.AlraoSGD(m, 1.0, 0.1), "max_lr"),
-    (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, momentum=-1), "momentum"),
-    (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, nesterov=True), "nesterov"),
-    (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, weight_decay=-1), "weight_decay"),
-    (lambda m: alrao.AlraoAdam(m, 1e-3, 1.0, betas=(0.9, 1.0)), "betas"),
-    (lambda m: alrao.AlraoAdam(m, 1e-3, 1.0, eps=-1.0), "eps"),
-    (lambda m: alrao.AlraoSGD(list(m.parameters()), 1e-3, 1.0), "nn.Module"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda m: alrao.AlraoSGD(m, 0.0, 1.0), "min_lr"),
+        (lambda m: alrao.AlraoSGD(m, 1.0, 0.1), "max_lr"),
+        (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, momentum=-1), "momentum"),
+        (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, nesterov=True), "nesterov"),
+        (lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, weight_decay=-1), "weight_decay"),
+        (lambda m: alrao.AlraoAdam(m, 1e-3, 1.0, betas=(0.9, 1.0)), "betas"),
+        (lambda m: alrao.AlraoAdam(m, 1e-3, 1.0, eps=-1.0), "eps"),
+        (lambda m: alrao.AlraoSGD(list(m.parameters()), 1e-3, 1.0), "nn.Module"),
+    ],
+)
 def test_invalid_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make(nn.Linear(2, 2))

@@ -1,4 +1,5 @@
 """The README's code is executed, so it cannot drift from the library."""
+
 import pathlib
 import re
 

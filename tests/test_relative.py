@@ -1,4 +1,5 @@
 """Relative learning rates and weight decay per module, with torch optimizers and Alrao's."""
+
 import pytest
 import torch
 from torch import nn
@@ -23,10 +24,13 @@ def build(rel_second):
 X = torch.randn(5, 3)
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda m: torch.optim.SGD(alrao.relative_param_groups(m, lr=0.1), lr=0.1),
-    lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, generator=torch.Generator().manual_seed(0)),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda m: torch.optim.SGD(alrao.relative_param_groups(m, lr=0.1), lr=0.1),
+        lambda m: alrao.AlraoSGD(m, 1e-3, 1.0, generator=torch.Generator().manual_seed(0)),
+    ],
+)
 def test_relative_rate_scales_the_step_exactly(make_opt):
     full = step_once(build(1.0), make_opt, X)
     tenth = step_once(build(0.1), make_opt, X)
@@ -70,8 +74,10 @@ def test_marks_reach_alrao_groups_and_chain():
     assert lrs == [0.25, 0.5]
 
 
-@pytest.mark.parametrize("factor,which,match", [(-1.0, "all", ">= 0"), (float("nan"), "all", ">= 0"),
-                                               (1.0, "gamma", "no parameter named 'gamma'")])
+@pytest.mark.parametrize(
+    "factor,which,match",
+    [(-1.0, "all", ">= 0"), (float("nan"), "all", ">= 0"), (1.0, "gamma", "no parameter named 'gamma'")],
+)
 def test_bad_marks(factor, which, match):
     with pytest.raises(ValueError, match=match):
         alrao.relative_lr(nn.Linear(2, 2), factor, which)

@@ -1,5 +1,6 @@
 """End-to-end tests of reproduce.py: the quick profile shrunk to seconds (the character LSTM,
 one seed, one epoch of a few batches), resume, failures, the launchers and the command line."""
+
 import dataclasses
 import json
 import math
@@ -13,9 +14,9 @@ import pytest
 
 import main_rnn
 import reproduce
+from experiment import OPTIMIZERS
 from reproduce_lib import figures
 from reproduce_lib import launch as launch_module
-from experiment import OPTIMIZERS
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, missing_baselines, width_rows
 from reproduce_lib.launch import LaunchError, SlurmOptions, launch, thread_env
 from reproduce_lib.outputs import Provenance, git_commit
@@ -28,7 +29,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def reproduce_main(tmp, *argv):
     args = reproduce.build_parser().parse_args(
-        [*argv, *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "results")])
+        [*argv, *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "results")]
+    )
     return reproduce.main(args)
 
 
@@ -52,8 +54,15 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
     assert status == 0
     results = tmp / "results"
     assert sorted(p.name for p in results.iterdir()) == [
-        "baselines.json", "baselines.md", "curves_LSTM.png", "posterior_LSTM.png", "table1.json", "table1.md",
-        "triangle_LSTM.json", "triangle_LSTM.png"]
+        "baselines.json",
+        "baselines.md",
+        "curves_LSTM.png",
+        "posterior_LSTM.png",
+        "table1.json",
+        "table1.md",
+        "triangle_LSTM.json",
+        "triangle_LSTM.png",
+    ]
     for png in results.glob("*.png"):
         assert png.read_bytes().startswith(PNG)
     assert not list(results.glob(".*"))  # no temporary file left behind
@@ -64,8 +73,11 @@ def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
     runs = tmp / "runs" / "LSTM" / "pydoc-1ep-dry"
     sgd = {lr: summary(runs / f"sgd-lr{lr:g}" / "seed0") for lr in SGD_RATES}
     best_lr = min(SGD_RATES, key=lambda lr: sgd[lr]["valid_loss"] if sgd[lr]["valid_loss"] is not None else math.inf)
-    expected = {"SGD": sgd[best_lr], "Adam": summary(runs / "adam" / "seed0"),
-                "Alrao": summary(runs / "alrao-sgd-0.001-100-x6" / "seed0")}
+    expected = {
+        "SGD": sgd[best_lr],
+        "Adam": summary(runs / "adam" / "seed0"),
+        "Alrao": summary(runs / "alrao-sgd-0.001-100-x6" / "seed0"),
+    }
     table = json.loads((tmp / "results" / "table1.json").read_text())
     assert table["profile"] == "quick" and table["seeds"] == "0" and table["commit"] == git_commit()
     assert json.loads((runs / "adam" / "seed0" / "config.json").read_text())["commit"] == git_commit()
@@ -109,8 +121,8 @@ def test_a_baseline_without_its_package_is_left_out_and_said(sweep, monkeypatch,
     plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
     assert "prodigy" not in {run.method.name for run in EXPERIMENTS["baselines"].runs(plan)}
     args = reproduce.build_parser().parse_args(
-        ["baselines", *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "without"),
-         "--collect_only"])
+        ["baselines", *SHRUNK, "--out_dir", str(tmp / "runs"), "--results_dir", str(tmp / "without"), "--collect_only"]
+    )
     assert reproduce.main(args) == 0
     assert "baselines: left out: --optimizer Prodigy needs the package prodigyopt" in capsys.readouterr().out
     markdown = (tmp / "without" / "baselines.md").read_text()
@@ -205,9 +217,29 @@ def test_the_local_launcher_runs_the_scripts_as_subprocesses_and_reports_their_e
 def test_a_terminated_sweep_interrupts_its_runs_which_keep_their_checkpoints(tmp_path):
     out = tmp_path / "runs"
     sweep = subprocess.Popen(
-        [sys.executable, str(Path(reproduce.__file__)), "table1", "--profile", "quick", "--models", "LSTM",
-         "--seeds", "0", "--epochs", "50", "--jobs", "1", "--out_dir", str(out),
-         "--results_dir", str(tmp_path / "results")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            str(Path(reproduce.__file__)),
+            "table1",
+            "--profile",
+            "quick",
+            "--models",
+            "LSTM",
+            "--seeds",
+            "0",
+            "--epochs",
+            "50",
+            "--jobs",
+            "1",
+            "--out_dir",
+            str(out),
+            "--results_dir",
+            str(tmp_path / "results"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first = out / "LSTM" / "pydoc-50ep" / "sgd-lr1e-05" / "seed0"
     deadline = time.monotonic() + 120
     while not (first / "checkpoint.pt").exists() and time.monotonic() < deadline:
@@ -226,8 +258,12 @@ def test_the_slurm_launcher_runs_jobs_through_submitit(tmp_path):
     pytest.importorskip("submitit")
     plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
     run = plan.run("LSTM", adam(), 0)
-    (outcome,) = launch([run], tmp_path, launcher="slurm",
-                        slurm=SlurmOptions(cluster="local", gpus_per_job=0, cpus_per_job=1, timeout_min=5))
+    (outcome,) = launch(
+        [run],
+        tmp_path,
+        launcher="slurm",
+        slurm=SlurmOptions(cluster="local", gpus_per_job=0, cpus_per_job=1, timeout_min=5),
+    )
     assert outcome.ok, outcome.message
     assert summary(tmp_path / run.folder)["status"] == "completed"
 
@@ -252,14 +288,21 @@ def test_diverged_runs_are_marked_in_the_learning_curves_not_dropped(tmp_path):
     fine = [{"epoch": 1, "train_loss": 2.0, "test_loss": 2.1}, {"epoch": 2, "train_loss": 1.0, "test_loss": 1.2}]
     at_once = [{"epoch": 1, "train_loss": None, "test_loss": None, "diverged": True}]  # no finite value at all
     later = fine[:1] + [{"epoch": 2, "train_loss": None, "test_loss": None, "diverged": True}]
-    curves = [figures.Curve("SGD lr 1e-2", "sgd", fine, False, 0.01),
-              figures.Curve("SGD lr 10", "sgd", at_once, True, 10),
-              figures.Curve("SGD lr 1", "sgd", later, True, 1.0),
-              figures.Curve("Alrao", "alrao", fine, False)]
+    curves = [
+        figures.Curve("SGD lr 1e-2", "sgd", fine, False, 0.01),
+        figures.Curve("SGD lr 10", "sgd", at_once, True, 10),
+        figures.Curve("SGD lr 1", "sgd", later, True, 1.0),
+        figures.Curve("Alrao", "alrao", fine, False),
+    ]
     assert [figures.curve_label(c) for c in curves] == [
-        "SGD lr 1e-2", "SGD lr 10 (diverged, epoch 1)", "SGD lr 1 (diverged, epoch 2)", "Alrao"]
-    path = figures.learning_curves("t", curves, "loss", "nats", Provenance("quick", "0", "abc", "cmd"),
-                                   tmp_path / "curves.png")
+        "SGD lr 1e-2",
+        "SGD lr 10 (diverged, epoch 1)",
+        "SGD lr 1 (diverged, epoch 2)",
+        "Alrao",
+    ]
+    path = figures.learning_curves(
+        "t", curves, "loss", "nats", Provenance("quick", "0", "abc", "cmd"), tmp_path / "curves.png"
+    )
     assert path.read_bytes().startswith(PNG)
 
 
@@ -284,15 +327,18 @@ def test_the_paper_profile_runs_the_published_protocol():
     assert len(EXPERIMENTS["triangle"].runs(plan)) == 55  # both ends in {1e-7, ..., 1e2}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["table1", "--launcher", "inline", "--jobs", "2"], "--jobs 2 is used only with --launcher local"),
-    (["table1", "--models", "LSTM", "--dataset", "digits"], "--dataset digits is an image data set"),
-    (["table1", "--seeds", "0", "0"], "--seeds 0 0 repeats a seed"),
-    (["table1", "--baselines", "AliG"], "--baselines AliG is used only by the baselines experiment"),
-    (["baselines", "--baselines", "Adam"], "invalid choice: 'Adam'"),
-    (["table1", "--slurm_partition", "gpu"], "--slurm_partition gpu is used only with --launcher slurm"),
-    (["figure9"], "invalid choice: 'figure9'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["table1", "--launcher", "inline", "--jobs", "2"], "--jobs 2 is used only with --launcher local"),
+        (["table1", "--models", "LSTM", "--dataset", "digits"], "--dataset digits is an image data set"),
+        (["table1", "--seeds", "0", "0"], "--seeds 0 0 repeats a seed"),
+        (["table1", "--baselines", "AliG"], "--baselines AliG is used only by the baselines experiment"),
+        (["baselines", "--baselines", "Adam"], "invalid choice: 'Adam'"),
+        (["table1", "--slurm_partition", "gpu"], "--slurm_partition gpu is used only with --launcher slurm"),
+        (["figure9"], "invalid choice: 'figure9'"),
+    ],
+)
 def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         reproduce.build_parser().parse_args(argv)
@@ -301,8 +347,10 @@ def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
 
 def test_the_commit_is_marked_changed_by_code_changes_not_by_rewritten_results(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "table1.md").write_text("old")
     (tmp_path / "code.py").write_text("x = 1")

@@ -1,4 +1,5 @@
 """The switch: the recurrence of PAPER.md, concentration, catching up, non-finite losses."""
+
 import math
 
 import numpy as np

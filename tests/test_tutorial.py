@@ -1,5 +1,6 @@
 """tutorial.ipynb runs top to bottom in a fresh kernel, is the notebook tools/make_tutorial.py
 writes, and keeps the outputs of a full-size run."""
+
 import importlib.util
 import pathlib
 
@@ -43,19 +44,22 @@ def test_notebook_is_the_generated_one(committed):
     expected = maker.build()
     assert len(committed.cells) == len(expected.cells), f"tutorial.ipynb has other cells: {REGENERATE}"
     for i, (have, want) in enumerate(zip(committed.cells, expected.cells)):
-        assert (have.cell_type, have.source) == (want.cell_type, want.source), \
+        assert (have.cell_type, have.source) == (want.cell_type, want.source), (
             f"cell {i} of tutorial.ipynb differs from tools/make_tutorial.py: {REGENERATE}"
+        )
 
 
 def test_committed_outputs_come_from_one_full_size_run(committed):
     code = [cell for cell in committed.cells if cell.cell_type == "code"]
-    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), (
         f"tutorial.ipynb was not executed top to bottom in one kernel: {REGENERATE}"
+    )
     assert _first_output_text(committed).startswith("full-size run:"), f"outputs of a shrunk run: {REGENERATE}"
     kinds = {output.output_type for output in _outputs(committed)}
     assert "error" not in kinds
-    assert not [o for o in _outputs(committed) if o.output_type == "stream" and o.name == "stderr"], \
+    assert not [o for o in _outputs(committed) if o.output_type == "stream" and o.name == "stderr"], (
         "the committed outputs show warnings or errors on stderr"
+    )
     assert _n_figures(committed) == 4
 
 

@@ -6,6 +6,7 @@
 Edit the tutorial here rather than in the .ipynb: tests/test_tutorial.py checks that the
 notebook's cells are these ones and that its committed outputs come from a full-size run.
 """
+
 import argparse
 import os
 import pathlib
@@ -19,7 +20,9 @@ NOTEBOOK = ROOT / "tutorial.ipynb"
 QUICK_ENV = "ALRAO_TUTORIAL_QUICK"
 
 CELLS = [
-    ("markdown", r'''# Alrao on your own model
+    (
+        "markdown",
+        r"""# Alrao on your own model
 
 This notebook trains a network written for it, not one of the project's `models/`, with **Alrao**
 (*All Learning Rates At Once*), and shows what happens inside. It runs top to bottom in about a
@@ -28,9 +31,11 @@ minute on a laptop CPU, with no download: start it from the repository root
 
 Contents: 1. what Alrao does; 2. your model, split in two; 3. training, against SGD and Adam;
 4. what Alrao did inside; 5. method forwarding and pre-classifiers that return tuples;
-6. regression; 7. Alrao-Adam, saving and resuming.'''),
-
-    ("markdown", r'''## 1. What Alrao does
+6. regression; 7. Alrao-Adam, saving and resuming.""",
+    ),
+    (
+        "markdown",
+        r"""## 1. What Alrao does
 
 Alrao (Blier, Wolinski and Ollivier, *Learning with Random Learning Rates*, 2018) trains a network
 without a learning-rate search. Each **feature** of the network's body, the **pre-classifier** (a unit
@@ -57,9 +62,11 @@ switch posterior $a_j$ is updated after every mini-batch from the copies' losses
 ### Setup
 
 The sizes of the runs are in the next cell. The outputs shown come from the full-size run; the test
-suite sets `ALRAO_TUTORIAL_QUICK=1` to shrink them to a smoke run.'''),
-
-    ("code", r'''import os
+suite sets `ALRAO_TUTORIAL_QUICK=1` to shrink them to a smoke run.""",
+    ),
+    (
+        "code",
+        r"""import os
 
 QUICK = os.environ.get("ALRAO_TUTORIAL_QUICK") == "1"
 EPOCHS = 1 if QUICK else 15             # epochs of each digits run (sections 3 and 7)
@@ -67,9 +74,11 @@ LIMIT = 64 if QUICK else None           # at most this many digits per split (No
 REGRESSION_EPOCHS = 2 if QUICK else 60  # epochs on the synthetic regression set (section 6)
 SEED = 0
 print("quick smoke run:" if QUICK else "full-size run:",
-      f"EPOCHS={EPOCHS}, LIMIT={LIMIT}, REGRESSION_EPOCHS={REGRESSION_EPOCHS}, SEED={SEED}")'''),
-
-    ("code", r'''import math
+      f"EPOCHS={EPOCHS}, LIMIT={LIMIT}, REGRESSION_EPOCHS={REGRESSION_EPOCHS}, SEED={SEED}")""",
+    ),
+    (
+        "code",
+        r"""import math
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -81,9 +90,11 @@ from torch import nn
 import alrao
 from data import get_image_loaders  # the project's offline datasets
 
-%matplotlib inline'''),
-
-    ("markdown", r'''## 2. Your model, split in two
+%matplotlib inline""",
+    ),
+    (
+        "markdown",
+        r"""## 2. Your model, split in two
 
 Alrao needs the network in two parts:
 - the **pre-classifier**: any `nn.Module` from the input to a feature vector (everything but the last layer);
@@ -92,9 +103,11 @@ Alrao needs the network in two parts:
 
 Here is a small convolutional network for the digits of section 3. They are 8x8 images, upsampled
 to 32x32 RGB so that CIFAR-10 networks apply; the network averages the 4x4 blocks back to 8x8 first.
-Each class has one extra method, used in section 5.'''),
-
-    ("code", r'''class DigitFeatures(nn.Module):
+Each class has one extra method, used in section 5.""",
+    ),
+    (
+        "code",
+        r'''class DigitFeatures(nn.Module):
     """Pre-classifier: images (B, 3, 32, 32) -> features (B, out_features)."""
 
     def __init__(self, width=32, out_features=128):
@@ -127,15 +140,19 @@ class DigitClassifier(nn.Module):
         return self.fc(x)
 
     def forward(self, x):
-        return F.log_softmax(self.logits(x), dim=-1)'''),
-
-    ("markdown", r'''`AlraoModel` takes the task, the loss, the pre-classifier, the number of copies, and the
+        return F.log_softmax(self.logits(x), dim=-1)''',
+    ),
+    (
+        "markdown",
+        r"""`AlraoModel` takes the task, the loss, the pre-classifier, the number of copies, and the
 classifier class followed by its arguments: each copy is `DigitClassifier(128, 10)`, with its own
 initialisation. `AlraoSGD` then draws one learning rate per feature of the pre-classifier and gives
 copy $j$ the rate $\eta_j$; `min_lr` and `max_lr` are learning rates, not their log10. The interval
-is the paper's, $[10^{-5}, 10]$, with its 10 copies.'''),
-
-    ("code", r'''torch.manual_seed(SEED)
+is the paper's, $[10^{-5}, 10]$, with its 10 copies.""",
+    ),
+    (
+        "code",
+        r"""torch.manual_seed(SEED)
 preclassifier = DigitFeatures(out_features=128)
 model = alrao.AlraoModel('classification', nn.NLLLoss(), preclassifier,
                          10,                                # classifier copies
@@ -149,27 +166,35 @@ def n_parameters(module):
 
 print(f"pre-classifier: {n_parameters(model.preclassifier):,} parameters; {len(model.classifiers)} copies "
       f"of {n_parameters(model.classifiers[0]):,} parameters each")
-print("the copies' learning rates:", ", ".join(f"{lr:.1e}" for lr in optimizer.classifier_lrs()))'''),
-
-    ("markdown", r'''## 3. Training: Alrao-SGD against SGD and Adam
+print("the copies' learning rates:", ", ".join(f"{lr:.1e}" for lr in optimizer.classifier_lrs()))""",
+    ),
+    (
+        "markdown",
+        r"""## 3. Training: Alrao-SGD against SGD and Adam
 
 The data: the 1,797 handwritten digits that ship with scikit-learn, split once and for all into
 1,197 training, 300 validation and 300 test images, in batches of 32 as in the paper, without
 augmentation. `get_image_loaders` returns reproducible loaders: the order of an epoch's batches
-depends on `(seed, epoch)` only.'''),
-
-    ("code", r'''# The digits ship with scikit-learn: no data path, no download.
+depends on `(seed, epoch)` only.""",
+    ),
+    (
+        "code",
+        r"""# The digits ship with scikit-learn: no data path, no download.
 train_loader, valid_loader, test_loader, n_classes = get_image_loaders(
     'digits', None, 32, data_augm=False, device='cpu', seed=SEED, limit=LIMIT)
 x, y = next(iter(valid_loader))
 print(f"{len(train_loader)} training batches per epoch; a batch: x {tuple(x.shape)}, y {tuple(y.shape)}; "
-      f"{n_classes} classes")'''),
-
-    ("markdown", r'''The training loop is the usual one. With an `AlraoModel`, the loss comes from `model.loss`
+      f"{n_classes} classes")""",
+    ),
+    (
+        "markdown",
+        r"""The training loop is the usual one. With an `AlraoModel`, the loss comes from `model.loss`
 (the averaged model's loss: its backward pass also trains each copy on its own loss), and
-`model.update_switch()` follows each step. `fit` trains either kind of model.'''),
-
-    ("code", r'''def evaluate(model, loader):
+`model.update_switch()` follows each step. `fit` trains either kind of model.""",
+    ),
+    (
+        "code",
+        r'''def evaluate(model, loader):
     """Mean loss (nats) and accuracy of `model` on `loader`; for an AlraoModel, also each
     copy's mean loss, a tensor of shape (n_classifiers,)."""
     is_alrao = isinstance(model, alrao.AlraoModel)
@@ -210,15 +235,19 @@ def fit(model, optimizer, epochs, first_epoch=0):
         valid_loss, _, copy_valid_loss = evaluate(model, valid_loader)
         history['valid_loss'].append(valid_loss)
         history['copy_valid_loss'].append(copy_valid_loss)
-    return history'''),
-
-    ("markdown", r'''Alrao-SGD runs once, with the interval above. The baselines are the same network with a
+    return history''',
+    ),
+    (
+        "markdown",
+        r"""Alrao-SGD runs once, with the interval above. The baselines are the same network with a
 single classifier, trained by plain SGD at three rates of the paper's grid
 $\{10^{-5}, 10^{-4}, \dots, 10\}$, too small ($10^{-3}$), good ($10^{-1}$, the best of the grid on
 this network) and too large ($10$), and by Adam with its default hyper-parameters. Finding the good
-SGD rate takes a search; Alrao does without one.'''),
-
-    ("code", r'''ALRAO_RUN = 'Alrao-SGD [1e-5, 10]'
+SGD rate takes a search; Alrao does without one.""",
+    ),
+    (
+        "code",
+        r"""ALRAO_RUN = 'Alrao-SGD [1e-5, 10]'
 histories = {ALRAO_RUN: fit(model, optimizer, EPOCHS)}
 trained = {ALRAO_RUN: model}
 
@@ -241,27 +270,35 @@ for name, history in histories.items():
 ax.set(xlabel='epoch', ylabel='validation loss (nats)', yscale='log',
        title='Digits: validation loss per epoch')
 ax.legend()
-plt.show()'''),
-
-    ("code", r'''print(f"| {'run':<24} | test loss (nats) | test accuracy |")
+plt.show()""",
+    ),
+    (
+        "code",
+        r"""print(f"| {'run':<24} | test loss (nats) | test accuracy |")
 print(f"|{'-' * 26}|-----------------:|--------------:|")
 for name, network in trained.items():
     test_loss, test_accuracy, _ = evaluate(network, test_loader)
-    print(f"| {name:<24} | {test_loss:16.3f} | {test_accuracy:13.1%} |")'''),
-
-    ("markdown", r'''Alrao, with no learning rate chosen, ends up close to SGD at its good rate and to Adam, its loss a
+    print(f"| {name:<24} | {test_loss:16.3f} | {test_accuracy:13.1%} |")""",
+    ),
+    (
+        "markdown",
+        r"""Alrao, with no learning rate chosen, ends up close to SGD at its good rate and to Adam, its loss a
 little higher than theirs (as on the paper's CIFAR-10 networks), and far from SGD at the rates that
 are too small (still learning) or too large (stuck at chance). It starts more slowly: in the first
-two epochs the switch is still looking for the good copies (section 4).'''),
-
-    ("markdown", r'''## 4. What Alrao did inside
+two epochs the switch is still looking for the good copies (section 4).""",
+    ),
+    (
+        "markdown",
+        r"""## 4. What Alrao did inside
 
 The feature learning rates live in the optimizer's state. `optimizer.feature_lrs()` maps each
 parameter to its rates, in a compact shape that broadcasts against the parameter: one rate per
 output channel of a convolution (`(out, 1, 1, 1)`), per output unit of a linear layer (`(out, 1)`),
-shared by the feature's weights and its bias.'''),
-
-    ("code", r'''rates = optimizer.feature_lrs()
+shared by the feature's weights and its bias.""",
+    ),
+    (
+        "code",
+        r"""rates = optimizer.feature_lrs()
 for name, parameter in model.preclassifier.named_parameters():
     print(f"{name:<13} {str(tuple(parameter.shape)):<16} rates of shape {tuple(rates[parameter].shape)}")
 
@@ -276,15 +313,19 @@ for j, lr in enumerate(optimizer.classifier_lrs()):
 ax.set(xscale='log', xlabel='learning rate', ylabel='number of features',
        title='Learning rates drawn by AlraoSGD (log-uniform in [1e-5, 10])')
 ax.legend()
-plt.show()'''),
-
-    ("markdown", r'''The switch starts with a uniform posterior over the copies and moves it, batch after batch, to
+plt.show()""",
+    ),
+    (
+        "markdown",
+        r"""The switch starts with a uniform posterior over the copies and moves it, batch after batch, to
 the copies whose loss on it is lowest (measured before the step that learns from the batch). Left:
 the posterior after each training step; right: each copy's validation loss after each epoch. The
 copies whose rate is too small are still learning; those whose rate is too large have a high and
-jumpy loss. The colours are the same on both sides.'''),
-
-    ("code", r'''posterior = torch.stack(histories[ALRAO_RUN]['posterior'])  # (steps, copies)
+jumpy loss. The colours are the same on both sides.""",
+    ),
+    (
+        "code",
+        r"""posterior = torch.stack(histories[ALRAO_RUN]['posterior'])  # (steps, copies)
 copy_loss = torch.stack(histories[ALRAO_RUN]['copy_valid_loss'])  # (epochs, copies)
 copy_lrs = optimizer.classifier_lrs()
 colors = plt.cm.viridis(np.linspace(0, 1, len(copy_lrs)))
@@ -305,15 +346,19 @@ plt.show()
 print("| copy | learning rate | final posterior | validation loss (nats) |")
 print("|-----:|--------------:|----------------:|-----------------------:|")
 for j, (lr, weight, loss) in enumerate(zip(copy_lrs, model.posterior().tolist(), copy_loss[-1].tolist())):
-    print(f"| {j:4d} | {lr:13.1e} | {weight:15.4f} | {loss:22.3f} |")'''),
-
-    ("markdown", r'''## 5. Method forwarding, and pre-classifiers that return tuples
+    print(f"| {j:4d} | {lr:13.1e} | {weight:15.4f} | {loss:22.3f} |")""",
+    ),
+    (
+        "markdown",
+        r"""## 5. Method forwarding, and pre-classifiers that return tuples
 
 Methods of your own classes stay reachable through the Alrao model once forwarded:
 `model.method_fwd_preclassifier(name)` makes `model.name(...)` call the pre-classifier's method, and
-`model.method_fwd_classifiers(name)` makes it call every copy's method and return the list of results.'''),
-
-    ("code", r'''model.method_fwd_preclassifier('feature_maps')
+`model.method_fwd_classifiers(name)` makes it call every copy's method and return the list of results.""",
+    ),
+    (
+        "code",
+        r"""model.method_fwd_preclassifier('feature_maps')
 model.method_fwd_classifiers('logits')
 
 x, y = next(iter(valid_loader))
@@ -325,14 +370,18 @@ print(f"model.feature_maps(x): {tuple(maps.shape)}")
 print(f"model.logits(features): a list of {len(logits)} tensors of shape {tuple(logits[0].shape)}")
 best = int(model.posterior().argmax())
 accuracy = (logits[best].argmax(dim=1) == y).float().mean().item()
-print(f"accuracy of copy {best} (the posterior's favourite) on this batch: {accuracy:.1%}")'''),
-
-    ("markdown", r'''A recurrent pre-classifier returns its output *and* its hidden state. When the pre-classifier
+print(f"accuracy of copy {best} (the posterior's favourite) on this batch: {accuracy:.1%}")""",
+    ),
+    (
+        "markdown",
+        r"""A recurrent pre-classifier returns its output *and* its hidden state. When the pre-classifier
 returns a tuple `(x, a, b, ...)`, `x` feeds the copies and the model returns `(prediction, a, b, ...)`.
 Here a GRU reads each digit row by row; `AlraoSGD` gives each hidden unit one rate, shared by its
-three gates.'''),
-
-    ("code", r'''class RowReader(nn.Module):
+three gates.""",
+    ),
+    (
+        "code",
+        r'''class RowReader(nn.Module):
     """Pre-classifier reading a digit's 8 rows with a GRU: returns (features, hidden state)."""
 
     def __init__(self, hidden_size=64):
@@ -362,9 +411,11 @@ gru = reader.preclassifier.gru
 gru_rates = reader_optimizer.feature_lrs()[gru.weight_ih_l0].flatten()  # rows: reset, update, new gates
 print(f"GRU weight_ih_l0 {tuple(gru.weight_ih_l0.shape)}: rates of shape "
       f"{tuple(reader_optimizer.feature_lrs()[gru.weight_ih_l0].shape)}; three gates, one rate per unit:",
-      all(torch.equal(gate, gru_rates[:64]) for gate in gru_rates.split(64)))'''),
-
-    ("markdown", r'''## 6. Regression
+      all(torch.equal(gate, gru_rates[:64]) for gate in gru_rates.split(64)))''',
+    ),
+    (
+        "markdown",
+        r"""## 6. Regression
 
 With `task='regression'` the copies predict real vectors (`alrao.LinearRegressor(in_features,
 out_features)` is a linear layer) and the model's prediction is their posterior-weighted mean. The
@@ -378,9 +429,11 @@ the squared error by $\sigma^2 = 0.01$, which multiplies the gradients by 100, s
 times smaller than for half the squared error. And the interval must stop below the rates at which
 the last layer diverges: a diverged copy predicts huge but finite numbers, and the posterior-weighted
 mean, unlike a mixture of probabilities, does not shrink them enough however small that copy's
-posterior weight.'''),
-
-    ("code", r'''NOISE = 0.1  # standard deviation of the targets' noise
+posterior weight.""",
+    ),
+    (
+        "code",
+        r'''NOISE = 0.1  # standard deviation of the targets' noise
 
 
 def target_function(x):
@@ -402,9 +455,11 @@ class GaussianNLL(nn.Module):
 
     def forward(self, prediction, target):
         z = (target - prediction) / self.sigma
-        return (0.5 * z ** 2 + math.log(self.sigma) + 0.5 * math.log(2 * math.pi)).sum(dim=-1).mean()'''),
-
-    ("code", r'''torch.manual_seed(SEED)
+        return (0.5 * z ** 2 + math.log(self.sigma) + 0.5 * math.log(2 * math.pi)).sum(dim=-1).mean()''',
+    ),
+    (
+        "code",
+        r"""torch.manual_seed(SEED)
 body = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
 regressor = alrao.AlraoModel('regression', GaussianNLL(NOISE), body,
                              6,                             # copies
@@ -439,29 +494,37 @@ ax.plot(grid.squeeze(1), curve.squeeze(1), color='tab:red', linestyle='--',
         label='Alrao (posterior-weighted mean)')
 ax.set(xlabel='x', ylabel='y', title='Regression with Alrao-SGD')
 ax.legend()
-plt.show()'''),
-
-    ("markdown", r'''## 7. Alrao-Adam, saving and resuming
+plt.show()""",
+    ),
+    (
+        "markdown",
+        r"""## 7. Alrao-Adam, saving and resuming
 
 `alrao.AlraoAdam` is Adam with each feature's step scaled by its own rate instead of one global
 `lr`; it takes `betas`, `eps` and `weight_decay` as `torch.optim.Adam` does. An interval centred, in
-log scale, on Adam's default rate $10^{-3}$:'''),
-
-    ("code", r'''torch.manual_seed(SEED)
+log scale, on Adam's default rate $10^{-3}$:""",
+    ),
+    (
+        "code",
+        r"""torch.manual_seed(SEED)
 adam_model = alrao.AlraoModel('classification', nn.NLLLoss(), DigitFeatures(out_features=128),
                               10, DigitClassifier, 128, 10)
 adam_optimizer = alrao.AlraoAdam(adam_model, min_lr=1e-5, max_lr=1e-1)
 fit(adam_model, adam_optimizer, EPOCHS)
 test_loss, test_accuracy, _ = evaluate(adam_model, test_loader)
-print(f"Alrao-Adam [1e-5, 1e-1]: test loss {test_loss:.3f} nats, test accuracy {test_accuracy:.1%}")'''),
-
-    ("markdown", r'''Everything a run needs to resume is in two state dicts: the model's (the pre-classifier, the
+print(f"Alrao-Adam [1e-5, 1e-1]: test loss {test_loss:.3f} nats, test accuracy {test_accuracy:.1%}")""",
+    ),
+    (
+        "markdown",
+        r"""Everything a run needs to resume is in two state dicts: the model's (the pre-classifier, the
 copies, and the switch, whose posterior and step counter are buffers) and the optimizer's (the
 feature learning rates and any momentum). A new optimizer draws new rates; `load_state_dict`
 replaces them with the saved ones. Below, the Alrao-SGD run of section 3 is saved, restored into
-models built from another seed, and both runs train one more epoch: they stay identical.'''),
-
-    ("code", r'''with tempfile.TemporaryDirectory() as directory:
+models built from another seed, and both runs train one more epoch: they stay identical.""",
+    ),
+    (
+        "code",
+        r"""with tempfile.TemporaryDirectory() as directory:
     path = os.path.join(directory, 'checkpoint.pt')
     torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': EPOCHS}, path)
     checkpoint = torch.load(path)
@@ -483,15 +546,18 @@ print(f"feature learning rates restored: {same_rates}; switch restored: {same_sw
 continued = fit(model, optimizer, 1, first_epoch=checkpoint['epoch'])['valid_loss'][-1]
 after_resume = fit(resumed, resumed_optimizer, 1, first_epoch=checkpoint['epoch'])['valid_loss'][-1]
 print(f"validation loss after one more epoch: {continued:.4f} (uninterrupted), {after_resume:.4f} (resumed)")
-assert same_rates and same_switch and continued == after_resume'''),
-
-    ("markdown", r'''## Where next
+assert same_rates and same_switch and continued == after_resume""",
+    ),
+    (
+        "markdown",
+        r"""## Where next
 
 - `README.md`: the training loop in one snippet, and what the library guarantees.
 - `python main_cnn.py --help` and `python main_rnn.py --help`: the paper's CIFAR-10 and Penn Treebank
   experiments, with Alrao or the baselines.
 - `alrao.register_feature_rule(MyLayer, rule)`: what a feature is for a layer type of your own;
-  `alrao.relative_lr(module, factor)`: a slower or frozen part of the network.'''),
+  `alrao.relative_lr(module, factor)`: a slower or frozen part of the network.""",
+    ),
 ]
 
 
@@ -526,8 +592,14 @@ def execute(nb: nbformat.NotebookNode, *, quick: bool, env=None, timeout: int = 
     # shared with other processes several threads make them many times slower.
     env.setdefault("OMP_NUM_THREADS", "1")
     # Coalesced streams and no timestamps: regenerating changes the file only where outputs changed.
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True, record_timing=False,
-                   resources={"metadata": {"path": str(ROOT)}}).execute(env=env)
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        coalesce_streams=True,
+        record_timing=False,
+        resources={"metadata": {"path": str(ROOT)}},
+    ).execute(env=env)
     return nb
 
 
