@@ -22,6 +22,7 @@ A script uses it as::
 """
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -42,7 +43,15 @@ import torch
 
 from .baselines import OptimizerHooks
 from .early_stopping import EarlyStopping
-from .files import atomic_torch_save, write_json, write_jsonl
+from .files import (
+    ChecksumError,
+    atomic_torch_save,
+    checksum_path,
+    is_temporary_of,
+    verify_checksum,
+    write_json,
+    write_jsonl,
+)
 from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
 from .runtime import rng_state, set_rng_state
@@ -54,7 +63,11 @@ CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY = (
     "best.pt",
     "summary.json",
 )
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY)
+# the SHA-256 of checkpoint.pt and best.pt, verified on resume (see files.py)
+CHECKPOINT_SUM, BEST_SUM = checksum_path(Path(CHECKPOINT)).name, checksum_path(Path(BEST)).name
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINT_SUM, BEST, BEST_SUM, SUMMARY)
+# What a run killed before its first checkpoint leaves: it trained nothing, and starts again.
+UNTRAINED_FILES = frozenset({CONFIG, METRICS, CHECKPOINT_SUM})
 # Held (flock) by the process training the folder's run: a second process on the same folder
 # (a sweep started again while an orphaned run still trains) stops instead of writing over it.
 LOCK = "run.lock"
@@ -73,6 +86,22 @@ RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (
     "interrupted",
 )
 METRIC_PREFIXES = ("train_", "valid_", "test_")
+
+# Divergence (the paper's "diverges" in spirit: the loss blew up). An epoch diverged when the
+# training loss of the model (with Alrao: of the switch-averaged model, never of one copy) is not
+# finite or exceeds DIVERGENCE_FACTOR times the loss of the uniform predictor, ln(number of
+# classes) nats, or when its validation loss is not finite.
+# - Why 100: a mean loss 100 times the uniform prediction's needs logits in the hundreds; the
+#   bound (CIFAR-10: 230 nats, char PTB: ~390, word PTB: ~920) is far above any epoch of a working
+#   run, and far below what blown-up runs show (quick profile, VGG19 on digits: SGD at 10 and 100
+#   gave first-epoch training losses of 6.8e6 to 4.5e16 nats, then stayed at chance accuracy).
+# - The validation loss is held to finiteness only: in evaluation mode, a BatchNorm network whose
+#   running statistics have seen a few batches can score hundreds of nats without having diverged
+#   (a 3-batch dry run of VGG19: 326 nats).
+# - Alrao: the averaged loss is at most its best copy's plus -ln(that copy's posterior), whatever
+#   the other copies do, and the switch moves the posterior off copies that blow up: a run whose
+#   bad copies alone blow up goes on.
+DIVERGENCE_FACTOR = 100
 
 
 class UsageError(Exception):
@@ -144,24 +173,82 @@ class Run:
         self.model = self.optimizer = self.hooks = None
         self._epoch_start = None
         self._release_lock = lambda: None  # set by start()
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise UsageError(f"--out_dir {self.out_dir} is a file, not a folder")
-        if args.resume:
-            self._resumed = self._read_checkpoint()
-        else:
-            self._resumed = None
-            found = [f for f in RUN_FILES if (self.out_dir / f).exists()]
-            if found:
+        self.divergence_bound = None  # nats; set by start()
+        check_writable_folder(self.out_dir, "--out_dir")
+        # Checked here, before the data and the model are built, for an early error; checked
+        # again by start() once the folder's lock is held (another process may write it meanwhile).
+        self._resumed, self._restart = self._open_folder()
+
+    # ------------------------------------------------------------------ resume
+    def _open_folder(self, checkpoint: dict | None = None) -> tuple[dict | None, bool]:
+        """What the out dir holds, against the flags: ``(checkpoint to resume or None, restart)``;
+        ``restart``: the folder holds a run killed before its first checkpoint, started again.
+        ``checkpoint``: the one read before, returned as is if the file did not change since."""
+        path = self.out_dir / CHECKPOINT
+        if path.is_file():
+            if not self.args.resume:
+                found = [f for f in RUN_FILES if (self.out_dir / f).exists()]
                 raise UsageError(
                     f"--out_dir {self.out_dir} already holds a run ({', '.join(found)}): "
                     "pass --resume to continue it, or choose another --out_dir"
                 )
+            if checkpoint is not None and checkpoint["_file"] == _file_signature(path):
+                return checkpoint, False
+            return self._read_checkpoint(), False
+        found = {f for f in RUN_FILES if (self.out_dir / f).exists()}
+        if not found:
+            if self.args.resume:
+                raise UsageError(f"--resume: no checkpoint {path} (is --out_dir the folder of a run?)")
+            return None, False
+        if found - UNTRAINED_FILES or (METRICS in found and (self.out_dir / METRICS).stat().st_size > 0):
+            raise UsageError(
+                f"--out_dir {self.out_dir} holds a run without its checkpoint ({', '.join(sorted(found))}): "
+                f"it cannot continue; choose another --out_dir"
+            )
+        # A run killed before its first checkpoint: it trained nothing. The same run starts again.
+        saved = self._read_config_args()
+        differ = self._differing_flags(saved)
+        if differ:
+            raise UsageError(
+                f"--out_dir {self.out_dir} holds a run killed before its first checkpoint, with other "
+                f"flags: {differ}; give the same flags to start it again, or remove the folder "
+                "(it trained nothing)"
+            )
+        return None, True
 
-    # ------------------------------------------------------------------ resume
+    def _read_config_args(self) -> dict:
+        path = self.out_dir / CONFIG
+        try:
+            config = json.loads(path.read_text())
+            if config["script"] != self.prog:
+                raise UsageError(f"--out_dir {self.out_dir} holds a run of {config['script']}, not {self.prog}")
+            return dict(config["args"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(
+                f"--out_dir {self.out_dir}: cannot read {path} ({type(error).__name__}); "
+                "the folder holds no checkpoint: remove it, or choose another --out_dir"
+            ) from None
+
+    def _differing_flags(self, saved: dict) -> str:
+        """The flags of this command that differ from ``saved`` (a run's), as text ('' if none)."""
+        current = vars(self.args)
+        differ = [
+            k
+            for k in sorted(set(saved) | set(current))
+            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
+        ]
+        return ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
+
     def _read_checkpoint(self) -> dict:
         path = self.out_dir / CHECKPOINT
-        if not path.is_file():
-            raise UsageError(f"--resume: no checkpoint {path} (is --out_dir the folder of a run?)")
+        signature = _file_signature(path)
+        try:
+            if not verify_checksum(path):
+                print(f"{self.prog}: warning: {path} has no checksum file beside it: not verified", file=sys.stderr)
+        except ChecksumError as error:
+            raise UsageError(f"--resume: {error}; restore the folder from a copy, or start again elsewhere") from None
+        except OSError as error:
+            raise UsageError(f"--resume: cannot read {path} ({error.strerror})") from None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch's messages span many lines: name the error only
@@ -173,23 +260,23 @@ class Run:
             raise UsageError(f"--resume: {path} is not a checkpoint of this version (format {FORMAT})")
         if checkpoint["script"] != self.prog:
             raise UsageError(f"--resume: {self.out_dir} holds a run of {checkpoint['script']}, not {self.prog}")
-        saved, current = checkpoint["args"], vars(self.args)
-        differ = [
-            k
-            for k in sorted(set(saved) | set(current))
-            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
-        ]
-        if differ:
-            changes = ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
+        changes = self._differing_flags(checkpoint["args"])
+        if changes:
             raise UsageError(
                 f"--resume: the command differs from the run in {self.out_dir}: {changes}; "
                 f"only {', '.join('--' + k for k in sorted(RESUMABLE_FLAGS))} may change"
             )
+        checkpoint["_file"] = signature
         return checkpoint
 
     # ------------------------------------------------------------------- start
     def start(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, hooks: OptimizerHooks | None = None, **facts
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        hooks: OptimizerHooks | None = None,
+        n_outputs: int | None = None,
+        **facts,
     ) -> None:
         """Begin the run with ``model``, ``optimizer`` and its ``hooks`` freshly built from the flags.
 
@@ -200,14 +287,35 @@ class Run:
         ``hooks`` (default: none) give the network saved as ``best.pt``, the
         optimizer's mode before a checkpoint (``hooks.eval()``), extra state
         and extra fields of the epoch records (see :class:`OptimizerHooks`).
+        ``n_outputs``: the number of classes (or the vocabulary size) of the
+        prediction, which sets the divergence bound (:data:`DIVERGENCE_FACTOR`);
+        ``None``: only a non-finite loss is a divergence.
         ``facts`` (e.g. parameter counts) go into ``config.json`` and ``summary.json``.
+
+        The folder's lock is taken first, then the folder is checked again
+        (another process may have written it since the constructor looked),
+        and temporary files of a killed run are removed.
         """
-        self.model, self.optimizer, self.facts = model, optimizer, facts
+        self.model, self.optimizer = model, optimizer
         self.hooks = hooks if hooks is not None else OptimizerHooks(model)
+        if n_outputs is not None and n_outputs > 1:
+            self.divergence_bound = DIVERGENCE_FACTOR * math.log(n_outputs)
+            facts = {**facts, "divergence_bound_nats": self.divergence_bound}
+        self.facts = facts
         self.out_dir.mkdir(parents=True, exist_ok=True)
         fd = lock_folder(self.out_dir)
         # released by finish(), by an interruption, or when this object is collected
         self._release_lock = weakref.finalize(self, os.close, fd) if fd is not None else lambda: None
+        try:
+            self._resumed, self._restart = self._open_folder(self._resumed)
+            remove_temporary_files(self.out_dir)
+        except BaseException:
+            self._release_lock()
+            raise
+        if self._restart:
+            print(f"{self.out_dir} holds a run killed before its first checkpoint (it trained nothing): starting again")
+            for name in UNTRAINED_FILES - {CONFIG}:
+                (self.out_dir / name).unlink(missing_ok=True)
         write_json(
             self.out_dir / CONFIG,
             {
@@ -221,7 +329,8 @@ class Run:
         )
         checkpoint = self._resumed
         if checkpoint is None:
-            self._save_checkpoint()
+            with deferred_interrupts():  # Ctrl-C here: the epoch-0 checkpoint is written whole first
+                self._save_checkpoint()
         else:
             self._resumed = None
             model.load_state_dict(checkpoint["model"])
@@ -267,32 +376,39 @@ class Run:
             **self.hooks.record(),
             "epoch_time_s": time.perf_counter() - self._epoch_start,
         }
-        self.history.append(record)
-        self.epoch = epoch
-        if record.get("diverged"):
-            self.status = DIVERGED
-        else:
-            if self.stopper.step(epoch, record["valid_loss"]):
-                atomic_torch_save(
-                    {
-                        "format": FORMAT,
-                        "script": self.prog,
-                        "args": vars(self.args),
-                        "epoch": epoch,
-                        "record": record,
-                        "model": self.hooks.eval().state_dict(),
-                    },
-                    self.out_dir / BEST,
-                )
-            if self.stopper.should_stop:
-                self.status = EARLY_STOPPED
-        self._save_checkpoint()
-        write_jsonl(self.out_dir / METRICS, self.history)
+        divergence = self.divergence(record)
+        if divergence:
+            record["diverged"] = True
+        # Ctrl-C or SIGTERM while the files are written takes effect once all are written: the
+        # checkpoint on disk is then the one the message and the summary name.
+        with deferred_interrupts():
+            self.history.append(record)
+            self.epoch = epoch
+            if divergence:
+                self.status = DIVERGED
+            else:
+                if self.stopper.step(epoch, record["valid_loss"]):
+                    atomic_torch_save(
+                        {
+                            "format": FORMAT,
+                            "script": self.prog,
+                            "args": vars(self.args),
+                            "epoch": epoch,
+                            "record": record,
+                            "model": self.hooks.eval().state_dict(),
+                        },
+                        self.out_dir / BEST,
+                        checksum=True,
+                    )
+                if self.stopper.should_stop:
+                    self.status = EARLY_STOPPED
+            self._save_checkpoint()
+            write_jsonl(self.out_dir / METRICS, self.history)
         print(format_epoch(record))
         for line in format_copies(record):
             print(line)
         if self.status == DIVERGED:
-            print(f"the training loss is not finite: the run diverged at epoch {epoch} and stops")
+            print(f"the run diverged at epoch {epoch} and stops: {divergence}")
         elif self.status == EARLY_STOPPED:
             print(
                 f"early stopping: no better validation loss for {self.stopper.patience} epochs "
@@ -316,8 +432,26 @@ class Run:
                 "rng": rng_state(self.device),
             },
             self.out_dir / CHECKPOINT,
+            checksum=True,
         )
         self.saved_epoch = self.epoch
+
+    def divergence(self, record: dict) -> str | None:
+        """Why the epoch of ``record`` diverged (see :data:`DIVERGENCE_FACTOR`), or ``None``:
+        a ``diverged`` flag set by the script, a training loss that is not finite or above
+        :attr:`divergence_bound`, or a validation loss that is not finite. A loss absent or
+        ``None`` was not measured."""
+        train, valid = record.get("train_loss"), record.get("valid_loss")
+        if record.get("diverged") or (train is not None and not math.isfinite(train)):
+            return "the training loss is not finite"
+        if train is not None and self.divergence_bound is not None and train > self.divergence_bound:
+            return (
+                f"the training loss {train:.3g} nats is above the divergence bound {self.divergence_bound:.3g} "
+                f"({DIVERGENCE_FACTOR} times the uniform prediction's loss)"
+            )
+        if valid is not None and not math.isfinite(valid):
+            return "the validation loss is not finite"
+        return None
 
     # -------------------------------------------------------------------- end
     def finish(self) -> dict:
@@ -374,7 +508,8 @@ class Run:
 def lock_folder(folder: Path) -> int | None:
     """Take the run's lock in ``folder`` for this process and return its file descriptor (closing
     it releases the lock, as does the process's end, even killed); :class:`UsageError` if another
-    process holds it. ``None`` where the platform has no ``flock`` (Windows): no lock."""
+    process holds it. The lock file holds the holder's process id. ``None`` where the platform
+    has no ``flock`` (Windows): no lock."""
     if fcntl is None:
         return None
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -382,11 +517,65 @@ def lock_folder(folder: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
+        holder = lock_holder(folder)
         raise UsageError(
-            f"--out_dir {folder} is being trained by another process (it holds {folder / LOCK}): "
+            f"--out_dir {folder} is being trained by another process "
+            f"({f'process {holder}' if holder else 'it'} holds {folder / LOCK}): "
             "wait for it to end, or choose another --out_dir"
         ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The process id of the process training ``folder`` now, or ``None`` when none holds its lock."""
+    if fcntl is None or not (Path(folder) / LOCK).is_file():
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held: read who holds it
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock taken, if any
+
+
+def remove_temporary_files(folder: Path) -> list[str]:
+    """Remove the temporary files of the run's files that a killed process left in ``folder``
+    (call it with the folder's lock held); returns their names."""
+    removed = []
+    for entry in Path(folder).iterdir():
+        if any(is_temporary_of(entry.name, name) for name in RUN_FILES):
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """:class:`UsageError` unless ``folder`` is, or can be created as, a folder this process may
+    write into (checked on the nearest existing ancestor: nothing is created here)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: cannot write into {existing} (read-only or permission denied)")
+
+
+def _file_signature(path: Path) -> tuple:
+    stat = path.stat()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 class Terminated(KeyboardInterrupt):
@@ -395,6 +584,32 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> NoReturn:
     raise Terminated()
+
+
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Within this block SIGINT (Ctrl-C) and SIGTERM wait: at its end, the first one received is
+    delivered to the handler that was in place, as if it had just arrived. Writes in the block
+    finish whole, so that the files on disk and the state that names them agree. Nested blocks
+    and threads other than the main one defer nothing more."""
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
+        yield
+        return
+    received = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in signals}
+    _deferring.active = True
+    try:
+        yield
+    finally:
+        _deferring.active = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
