@@ -14,6 +14,7 @@ progress on this batch; the curve shows where SGD (or Adam) starts to diverge.
 """
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -99,6 +100,11 @@ def _check_args(args) -> str | None:
         return f"--out {args.out}: expected the path of a .png file"
     if not out.parent.is_dir():
         return f"--out {args.out}: folder {out.parent} does not exist"
+    for path in (out, out.with_suffix(".json")):  # both are written: check both before the scan
+        if path.is_dir():
+            return f"--out {args.out}: {path} is a folder, not a file"
+        if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            return f"--out {args.out}: cannot write {path} (read-only or permission denied)"
     if args.n_points == 1 and args.minLR != args.maxLR:
         return f"--n_points 1 probes one rate: give --minLR = --maxLR (got {args.minLR:g} and {args.maxLR:g})"
     if args.n_points > 1 and not args.minLR < args.maxLR:
@@ -114,6 +120,7 @@ def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:
     return [10.0 ** (min_log10 + i * step) for i in range(n_points)]
 
 
+@experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
 def main(args) -> LRScanResult:
     """Scan the rates of ``args`` (from :func:`build_parser`); returns the result."""
     out = Path(args.out)

@@ -56,7 +56,19 @@ def build_parser() -> experiment.ArgumentParser:
         default=1.0,
         help="width multiplier of the network (the paper's 'width x3' rows use 3)",
     )
+    parser.add_check(_check_size_multiplier)
     return parser
+
+
+def _check_size_multiplier(args) -> str | None:
+    smallest = models.min_size_multiplier(args.model_name)
+    if args.size_multiplier < smallest:
+        return (
+            f"--size_multiplier {args.size_multiplier:g} is below {smallest:g}: the narrowest layer of "
+            f"{args.model_name} ({models.NARROWEST_WIDTH[args.model_name]} channels at width 1) would have "
+            "less than one channel"
+        )
+    return None
 
 
 def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -> dict:
@@ -107,6 +119,7 @@ def evaluate(model, loader, device) -> dict:
     return meter.means()
 
 
+@experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
     device, device_text = experiment.choose_device(args.no_cuda)
@@ -133,9 +146,12 @@ def main(args) -> dict:
     except (experiment.UsageError, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
 
+    with torch.device("meta"):  # the network's size, before any memory is allocated
+        size = sum(p.numel() for p in models.build_preclassifier(args.model_name, args.size_multiplier).parameters())
+    experiment.check_memory(size, device, f"--model_name {args.model_name} --size_multiplier {args.size_multiplier:g}")
     preclassifier = models.build_preclassifier(args.model_name, args.size_multiplier)
     model = experiment.build_model(
-        args, preclassifier, alrao.LinearClassifier, preclassifier.num_features, n_classes
+        args, preclassifier, alrao.LinearClassifier, preclassifier.num_features, n_classes, device=device
     ).to(device)
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(  # training images: Schedule-Free's BatchNorm statistics
@@ -147,7 +163,7 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
-    run.start(model, optimizer, hooks, device=device_text, **counts)
+    run.start(model, optimizer, hooks, n_outputs=n_classes, device=device_text, **counts)
     with run:
         for epoch in run.epochs():
             for loader in (train_loader, valid_loader, test_loader):

@@ -147,6 +147,7 @@ def dry_run_tokens(tokens: torch.Tensor, n_streams: int, bptt: int) -> torch.Ten
     return tokens[: n_streams * (DRY_RUN_BATCHES * bptt + 1)]
 
 
+@experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
     device, device_text = experiment.choose_device(args.no_cuda)
@@ -178,8 +179,13 @@ def main(args) -> dict:
     ntoken = len(corpus.dictionary)
     print(f"vocabulary: {ntoken} {level}s")
 
+    with torch.device("meta"):  # the network's size, before any memory is allocated
+        size = sum(p.numel() for p in models.RNNModel(ntoken, args.emsize, args.nhid, args.nlayers).parameters())
+    experiment.check_memory(size, device, f"--emsize {args.emsize} --nhid {args.nhid} --nlayers {args.nlayers}")
     preclassifier = models.RNNModel(ntoken, args.emsize, args.nhid, args.nlayers, args.drop_out)
-    model = experiment.build_model(args, preclassifier, alrao.LinearClassifierRNN, args.nhid, ntoken).to(device)
+    model = experiment.build_model(args, preclassifier, alrao.LinearClassifierRNN, args.nhid, ntoken, device=device).to(
+        device
+    )
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(model, optimizer, args)
     counts = experiment.count_parameters(model)
@@ -188,7 +194,7 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
-    run.start(model, optimizer, hooks, device=device_text, ntoken=ntoken, **counts)
+    run.start(model, optimizer, hooks, n_outputs=ntoken, device=device_text, ntoken=ntoken, **counts)
     with run:
         for epoch in run.epochs():
             hooks.train()

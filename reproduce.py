@@ -24,9 +24,10 @@ from pathlib import Path
 
 import data
 import experiment
-from experiment.run import Terminated, sigterm_as_interrupt
+from experiment.run import Terminated, check_writable_folder, sigterm_as_interrupt
+from reproduce_lib.aggregate import folder_problem
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
-from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch
+from reproduce_lib.launch import LAUNCHERS, LaunchError, Outcome, SlurmOptions, default_jobs, launch
 from reproduce_lib.outputs import git_commit
 from reproduce_lib.plan import Plan, unique
 from reproduce_lib.protocol import CNN_MODELS, MODEL_NAMES, PROFILES
@@ -181,6 +182,11 @@ def _check(args) -> str | None:
         args.out_dir = str(Path("runs") / f"reproduce-{args.profile}")
     if args.results_dir is None:
         args.results_dir = "results" if args.profile == "paper" else str(Path("results") / args.profile)
+    for flag in ("out_dir", "results_dir"):
+        try:
+            check_writable_folder(Path(getattr(args, flag)), f"--{flag}")
+        except experiment.UsageError as error:
+            return str(error)
     return None
 
 
@@ -198,6 +204,7 @@ def command_line(args) -> str:
     return "python " + shlex.join(words)
 
 
+@experiment.one_line_errors(PROG, usage_errors=(LaunchError,))
 def main(args) -> int:
     """Run the sweeps of ``args.experiments`` (from :func:`build_parser`), then write their tables
     and figures. Returns the exit status: 0, or 1 when some runs failed."""
@@ -240,6 +247,8 @@ def main(args) -> int:
             print(f"{PROG}: interrupted; the runs keep their checkpoints: the same command continues the sweep")
             return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
         failed = [o for o in outcomes if not o.ok]
+    else:  # the runs whose files cannot be read are reported as failed (they count as missing)
+        failed = [Outcome(run, False, problem) for run in runs if (problem := folder_problem(out_dir / run.folder))]
     context = Context(plan, out_dir, results_dir, git_commit(), command_line(args))
     reports = dict.fromkeys(EXPERIMENTS[name].report for name in args.experiments)  # table1 and width share one
     written = [path for report in reports for path in report(context)]

@@ -7,7 +7,8 @@ set (DESIGN.md, principle 2). Each script keeps its own training loop.
 
 from .baselines import MissingPackage, OptimizerHooks
 from .early_stopping import EarlyStopping
-from .files import atomic_torch_save, atomic_write_text, dumps_json, to_json, write_json, write_jsonl
+from .errors import one_line_errors
+from .files import WriteError, atomic_torch_save, atomic_write_text, dumps_json, to_json, write_json, write_jsonl
 from .flags import (
     ArgumentParser,
     ScriptDefaults,
@@ -20,7 +21,7 @@ from .flags import (
     probability,
 )
 from .meter import Meter, epoch_record
-from .model import PlainModel, build_model, count_parameters
+from .model import PlainModel, build_model, check_memory, count_parameters
 from .optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, build_optimizer_hooks
 from .report import format_config, format_copies, format_epoch
 from .run import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, Run, UsageError, best_record, exit_with_error, summarize
@@ -52,6 +53,7 @@ __all__ = [
     "MissingPackage",
     "PlainModel",
     "build_model",
+    "check_memory",
     "count_parameters",
     # metrics, files, the run
     "Meter",
@@ -69,6 +71,8 @@ __all__ = [
     "Run",
     "UsageError",
     "exit_with_error",
+    "one_line_errors",
+    "WriteError",
     "best_record",
     "summarize",
     "CONFIG",

@@ -30,6 +30,17 @@ MODELS = {
 }
 
 
+#: Channels of the narrowest scaled layer of each network at width 1 (SENet's squeeze-excitation
+#: reduction, at least 1 channel by construction, aside): a ``size_multiplier`` below
+#: ``1 / NARROWEST_WIDTH[name]`` leaves that layer less than one channel.
+NARROWEST_WIDTH = {"VGG19": 64, "GoogLeNet": 16, "MobileNetV2": 16, "SENet18": 64}
+
+
+def min_size_multiplier(name: str) -> float:
+    """The smallest ``size_multiplier`` that keeps every scaled layer of ``name`` at least one channel wide."""
+    return 1 / NARROWEST_WIDTH[name]
+
+
 def build_preclassifier(name: str, size_multiplier=1) -> nn.Module:
     """The CIFAR-10 pre-classifier called ``name`` (a key of :data:`MODELS`),
     with every layer width multiplied by ``size_multiplier``."""

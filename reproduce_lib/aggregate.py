@@ -8,7 +8,7 @@ loss over seeds is reported; a cell is the mean ± standard deviation over seeds
 A run that diverged reports its best epoch before diverging, like any other
 run (it is counted, and the tables mark it); a run without any finite
 validation loss has no test metrics and is left out of the mean (and counted);
-a missing run (failed, or not run yet) is counted as missing.
+a missing run (failed, not run yet, or with unreadable files) is counted as missing.
 """
 
 import json
@@ -37,22 +37,58 @@ class RunResult:
     commit: str = UNKNOWN
 
 
-def load_result(out_dir: Path, run: RunSpec) -> RunResult | None:
-    """The result of ``run`` in ``out_dir``, or ``None`` when it has not finished."""
-    run_dir = Path(out_dir) / run.folder
+def _read_json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; ``None`` if the file does not exist; ``ValueError`` (one
+    line naming the file) if it is not a JSON object."""
     try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    if summary.get("status") == INTERRUPTED:
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{path}, line {number}, is not JSON ({error})") from None
+    return records
+
+
+def folder_problem(run_dir: Path) -> str | None:
+    """Why the run folder ``run_dir`` cannot be read (a garbled ``summary.json``,
+    ``config.json`` or ``metrics.jsonl``), or ``None``."""
+    try:
+        _read_json_object(run_dir / SUMMARY)
+        _read_json_object(run_dir / CONFIG)
+        _read_metrics(run_dir / METRICS)
+    except ValueError as error:
+        return f"{error}: remove the folder to train the run again"
+    return None
+
+
+def load_result(out_dir: Path, run: RunSpec) -> RunResult | None:
+    """The result of ``run`` in ``out_dir``, or ``None`` when it has not finished, or when its
+    files are unreadable (:func:`folder_problem` says why; reproduce.py reports it)."""
+    run_dir = Path(out_dir) / run.folder
+    try:
+        summary = _read_json_object(run_dir / SUMMARY)
+        if summary is None or summary.get("status") == INTERRUPTED:
+            return None
+        history = _read_metrics(run_dir / METRICS)
+        config = _read_json_object(run_dir / CONFIG) or {}
+    except ValueError:
         return None
-    metrics = run_dir / METRICS
-    history = (
-        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    )
-    config = run_dir / CONFIG
-    commit = json.loads(config.read_text()).get("commit", UNKNOWN) if config.is_file() else UNKNOWN
-    return RunResult(run.folder, summary, history, commit)
+    return RunResult(run.folder, summary, history, config.get("commit", UNKNOWN))
 
 
 # ---------------------------------------------------------------- statistics

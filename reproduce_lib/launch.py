@@ -4,8 +4,10 @@ A run is never trained twice: a folder with a final ``summary.json`` is
 finished, one with only a checkpoint is continued with ``--resume`` (an
 interrupted sweep resumes where it stopped). Before either, the folder's
 ``config.json`` must describe the same run, so that a changed profile never
-mixes two different runs under one name. A run that fails is reported and
-the others go on.
+mixes two different runs under one name. A run that fails, or whose folder
+holds unreadable files, is reported and the others go on. A folder still
+trained by another process (a child of an earlier sweep killed with -9) is
+left to it: the sweep waits for it after the other runs, then takes it up.
 """
 
 import argparse
@@ -25,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 
-from experiment.run import CHECKPOINT, CONFIG, INTERRUPTED, METRICS, RESUMABLE_FLAGS, SUMMARY
+from experiment.run import CHECKPOINT, CONFIG, INTERRUPTED, RESUMABLE_FLAGS, SUMMARY, lock_holder
 
+from .aggregate import folder_problem
 from .plan import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
 LOG = "reproduce.log"  # the output of a run launched as a subprocess, in its folder
 LAUNCHERS = ("local", "inline", "slurm")
-# A run's files that a process killed before its first checkpoint leaves behind.
-STALE_FILES = (CONFIG, METRICS)
+LOCK_POLL_S = 1.0  # seconds between two looks at a folder trained by another process
 
 FINISHED, RESUME, FRESH = "finished", "resume", "fresh"
 
@@ -290,28 +292,15 @@ def launch(
     """
     if launcher not in LAUNCHERS:
         raise LaunchError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    outcomes, todo = [], []
     for run in runs:
-        run_dir = out_dir / run.folder
-        parse_flags(run, run_dir)  # a flag a script rejects is a bug of the plan: stop before any run
-        state = run_state(run_dir)
-        mismatch = config_mismatch(run, run_dir) if state != FRESH else None
-        if mismatch:
-            outcomes.append(Outcome(run, False, mismatch))
-            log(f"skipped {run.folder}: {mismatch}")
-        elif state == FINISHED:
-            outcomes.append(Outcome(run, True, "finished before"))
-        else:
-            if state == FRESH:  # files of a run killed before its first checkpoint: start again
-                for name in STALE_FILES:
-                    (run_dir / name).unlink(missing_ok=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            todo.append((run, state == RESUME))
+        parse_flags(run, out_dir / run.folder)  # a flag a script rejects is a bug of the plan: stop before any run
+    outcomes, todo, held = _sort_runs(runs, out_dir, log)
     finished = sum(o.ok for o in outcomes)
     log(
         f"{len(runs)} runs: {finished} finished before, {len(todo)} to train"
         + (f" ({launcher}, {jobs} at a time)" if todo and launcher == "local" else f" ({launcher})" if todo else "")
         + (f", {len(outcomes) - finished} skipped" if len(outcomes) > finished else "")
+        + (f", {len(held)} being trained by other processes (waited for after the others)" if held else "")
     )
     done = [0]
 
@@ -321,11 +310,56 @@ def launch(
         log(f"[{done[0]}/{len(todo)}] {outcome.run.folder}: {status} in {outcome.seconds:.0f} s")
         return outcome
 
-    if todo:
+    def train(todo):
         if launcher == "inline":
-            outcomes += _run_inline(todo, out_dir, report)
-        elif launcher == "slurm":
-            outcomes += _run_slurm(todo, out_dir, slurm, report)
-        else:
-            outcomes += _run_local(todo, out_dir, jobs, report)
+            return _run_inline(todo, out_dir, report)
+        if launcher == "slurm":
+            return _run_slurm(todo, out_dir, slurm, report)
+        return _run_local(todo, out_dir, jobs, report)
+
+    if todo:
+        outcomes += train(todo)
+    if held:
+        for run in held:
+            wait_for_lock(out_dir / run.folder, log)
+        more, todo, held = _sort_runs(held, out_dir, log)
+        outcomes += [Outcome(o.run, o.ok, o.message if not o.ok else "finished by another process") for o in more]
+        outcomes += [Outcome(run, False, f"{out_dir / run.folder} is still trained by another process") for run in held]
+        if todo:
+            done[0] = 0  # numbered among the runs of this second round
+            outcomes += train(todo)
     return outcomes
+
+
+def _sort_runs(runs, out_dir: Path, log) -> tuple[list[Outcome], list[tuple[RunSpec, bool]], list[RunSpec]]:
+    """Split ``runs`` into outcomes known now (finished before, or skipped with the reason), runs
+    to train (with their resume flag), and runs whose folder another process trains now."""
+    outcomes, todo, held = [], [], []
+    for run in runs:
+        run_dir = out_dir / run.folder
+        holder = lock_holder(run_dir)
+        if holder is not None:
+            log(f"{run.folder}: being trained by process {holder} (from an earlier sweep?); waiting for it later")
+            held.append(run)
+            continue
+        problem = folder_problem(run_dir)
+        state = run_state(run_dir) if problem is None else None
+        mismatch = problem or (config_mismatch(run, run_dir) if state != FRESH else None)
+        if mismatch:
+            outcomes.append(Outcome(run, False, mismatch))
+            log(f"skipped {run.folder}: {mismatch}")
+        elif state == FINISHED:
+            outcomes.append(Outcome(run, True, "finished before"))
+        else:  # a folder left by a run killed before its first checkpoint starts again (Run does it)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            todo.append((run, state == RESUME))
+    return outcomes, todo, held
+
+
+def wait_for_lock(run_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Wait until no process holds ``run_dir``'s run lock (Ctrl-C stops the wait)."""
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        log(f"waiting for process {holder} to finish {run_dir}")
+    while lock_holder(run_dir) is not None:
+        time.sleep(LOCK_POLL_S)
