@@ -7,7 +7,15 @@ Files of a run (all written atomically)::
     metrics.jsonl    one JSON object per epoch (the scripts' records, plus epoch and wall time)
     checkpoint.pt    everything needed to resume, at the end of the last epoch
     best.pt          the evaluated network (hooks.eval()) at the epoch of the best validation loss
+    *.pt.sha256      the SHA-256 of checkpoint.pt and best.pt (checkpoint.pt's is verified on resume)
     summary.json     how the run ended and its metrics at the best validation epoch
+    run.lock         held (flock) by the process training the folder; holds its process id
+
+Faults (tests/test_faults.py): a process killed at any moment leaves a folder that the same
+command continues (with --resume) or starts again (killed before its first checkpoint: it trained
+nothing); the temporary files it left are removed when the folder is next opened; a write that
+fails leaves the previous file whole; Ctrl-C or SIGTERM during the epoch's writes takes effect
+once they are done.
 
 A script uses it as::
 
@@ -154,9 +162,11 @@ class Run:
         name: prefix of the default out dir, ``runs/<name>-<date>-<time>``.
         device: where the model lives (for the CUDA generator's state).
 
-    Raises :class:`UsageError` when the out dir holds another run and
-    ``--resume`` is not given, or when ``--resume`` finds no readable
-    checkpoint or one saved with incompatible flags.
+    Raises :class:`UsageError` when ``--out_dir`` cannot be written, when it
+    holds another run and ``--resume`` is not given, when ``--resume`` finds no
+    readable checkpoint, one that does not match its checksum, or one saved
+    with incompatible flags, or when it holds a run killed before its first
+    checkpoint with other flags. :meth:`start` checks again, lock held.
     """
 
     def __init__(self, args, prog: str, name: str, device: torch.device):
