@@ -182,7 +182,7 @@ def _check(args) -> str | None:
         args.out_dir = str(Path("runs") / f"reproduce-{args.profile}")
     if args.results_dir is None:
         args.results_dir = "results" if args.profile == "paper" else str(Path("results") / args.profile)
-    for flag in ("out_dir", "results_dir"):
+    for flag in ("results_dir",) if args.collect_only else ("out_dir", "results_dir"):  # --collect_only reads runs
         try:
             check_writable_folder(Path(getattr(args, flag)), f"--{flag}")
         except experiment.UsageError as error:

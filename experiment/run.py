@@ -539,7 +539,8 @@ def lock_folder(folder: Path) -> int | None:
 
 
 def lock_holder(folder: Path) -> int | None:
-    """The process id of the process training ``folder`` now, or ``None`` when none holds its lock."""
+    """The process id of the process training ``folder`` now (0 if it has not written it yet), or
+    ``None`` when no process holds its lock."""
     if fcntl is None or not (Path(folder) / LOCK).is_file():
         return None
     try:
@@ -550,7 +551,7 @@ def lock_holder(folder: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:  # held: read who holds it
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
+        return int(text) if text.isdigit() else 0
     else:
         return None
     finally:

@@ -339,7 +339,8 @@ def _sort_runs(runs, out_dir: Path, log) -> tuple[list[Outcome], list[tuple[RunS
         run_dir = out_dir / run.folder
         holder = lock_holder(run_dir)
         if holder is not None:
-            log(f"{run.folder}: being trained by process {holder} (from an earlier sweep?); waiting for it later")
+            who = f"process {holder}" if holder else "another process"
+            log(f"{run.folder}: being trained by {who} (from an earlier sweep?); waiting for it later")
             held.append(run)
             continue
         problem = folder_problem(run_dir)
@@ -360,6 +361,6 @@ def wait_for_lock(run_dir: Path, log: Callable[[str], None] = print) -> None:
     """Wait until no process holds ``run_dir``'s run lock (Ctrl-C stops the wait)."""
     holder = lock_holder(run_dir)
     if holder is not None:
-        log(f"waiting for process {holder} to finish {run_dir}")
+        log(f"waiting for {f'process {holder}' if holder else 'another process'} to finish {run_dir}")
     while lock_holder(run_dir) is not None:
         time.sleep(LOCK_POLL_S)

@@ -115,9 +115,9 @@ def schedule_free_reference(tmp_path_factory):
         events.append(("evaluate", mode()))
         return main_cnn_evaluate(*args)
 
-    def save(obj, path):
+    def save(obj, path, **kwargs):
         events.append((path.name, mode()))
-        return atomic_torch_save(obj, path)
+        return atomic_torch_save(obj, path, **kwargs)
 
     def recalibrate(self):
         events.append(("batch_norm", mode()))
