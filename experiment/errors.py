@@ -1,15 +1,12 @@
 """How the scripts end on a fault: one line on stderr and an exit status, never a traceback.
 
-========================================  ======  =========================================
-fault                                     status  line
-========================================  ======  =========================================
-bad command or input (:class:`UsageError`  2       ``prog: error: <what and what is valid>``
-and the script's own usage errors)
-a file that cannot be written or read     1       ``prog: error: <what failed at which path>``
-(disk full, read-only, ...): ``OSError``
-out of memory                             1       ``prog: error: out of memory (...)``
-Ctrl-C / SIGTERM outside a run's epochs   130/143 ``prog: interrupted during start-up``
-========================================  ======  =========================================
+- a bad command or input (:class:`UsageError`, and the script's own usage errors): status 2,
+  ``prog: error: <what, and what is valid>``;
+- a file that cannot be written or read (disk full, read-only, ...: ``OSError``, including
+  :class:`experiment.files.WriteError`): status 1, ``prog: error: <what failed, at which path>``;
+- out of memory: status 1, ``prog: error: out of memory (...)``;
+- Ctrl-C / SIGTERM outside a run's epochs (start-up: data, model; the final summary): status
+  130 / 143, ``prog: interrupted (outside the epochs: nothing was being trained)``.
 
 Inside a run's epochs, Ctrl-C and SIGTERM are handled by :class:`experiment.Run` (the last
 checkpoint stays, and the line says how to resume). Other exceptions are bugs: they keep their
@@ -46,7 +43,8 @@ def one_line_errors(prog: str, usage_errors: tuple[type[BaseException], ...] = (
                 exit_with_error(prog, error)
             except KeyboardInterrupt as interrupt:
                 terminated = isinstance(interrupt, Terminated)
-                print(f"\n{prog}: {'terminated' if terminated else 'interrupted'} during start-up", file=sys.stderr)
+                what = "terminated" if terminated else "interrupted"
+                print(f"\n{prog}: {what} (outside the epochs: nothing was being trained)", file=sys.stderr)
                 raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
             except (MemoryError, torch.OutOfMemoryError) as error:
                 reason = (str(error).strip().splitlines() or [""])[0]

@@ -318,10 +318,12 @@ class Run:
         self._release_lock = weakref.finalize(self, os.close, fd) if fd is not None else lambda: None
         try:
             self._resumed, self._restart = self._open_folder(self._resumed)
-            remove_temporary_files(self.out_dir)
+            removed = remove_temporary_files(self.out_dir)
         except BaseException:
             self._release_lock()
             raise
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left in {self.out_dir} by a killed process")
         if self._restart:
             print(f"{self.out_dir} holds a run killed before its first checkpoint (it trained nothing): starting again")
             for name in UNTRAINED_FILES - {CONFIG}:
@@ -466,7 +468,8 @@ class Run:
     # -------------------------------------------------------------------- end
     def finish(self) -> dict:
         """Write and return ``summary.json``; status ``completed`` unless the run stopped early."""
-        summary = self._write_summary(COMPLETED if self.status == RUNNING else self.status, self.history)
+        with deferred_interrupts():  # the summary is written whole, then a Ctrl-C takes effect
+            summary = self._write_summary(COMPLETED if self.status == RUNNING else self.status, self.history)
         self._release_lock()
         return summary
 
