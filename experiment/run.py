@@ -21,7 +21,7 @@ A script uses it as::
 
     run = Run(args, prog, name, device)
     ...build the data, model and optimizer...
-    run.start(model, optimizer, hooks, **facts)   # a fresh run, or the resumed state
+    run.start(model, optimizer, hooks, n_outputs=n_classes, **facts)  # fresh, or the resumed state
     with run:                                      # Ctrl-C: keep the checkpoint, say how to resume
         for epoch in run.epochs():
             hooks.train(); ...train...; evaluated = hooks.eval(); ...evaluate `evaluated`...

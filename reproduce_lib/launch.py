@@ -323,6 +323,9 @@ def launch(
         for run in held:
             wait_for_lock(out_dir / run.folder, log)
         more, todo, held = _sort_runs(held, out_dir, log)
+        for o in more:
+            if o.ok:  # (the skipped ones were said by _sort_runs)
+                log(f"{o.run.folder}: finished by the other process")
         outcomes += [Outcome(o.run, o.ok, o.message if not o.ok else "finished by another process") for o in more]
         outcomes += [Outcome(run, False, f"{out_dir / run.folder} is still trained by another process") for run in held]
         if todo:
