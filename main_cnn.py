@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import alrao
 import data
@@ -33,8 +32,9 @@ DEFAULTS = experiment.ScriptDefaults(
     min_lr_log10=-5,
     max_lr_log10=1,
     n_classifiers=10,
+    offline_datasets=("digits", "fake"),
 )
-DRY_RUN_BATCHES = 3  # batches per split with --dry_run
+DRY_RUN_BATCHES = 2  # batches per split with --dry_run
 REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
@@ -64,7 +64,7 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -
     and ``diverged: True`` if the training loss stopped being finite."""
     model.train()
     meter = experiment.Meter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = experiment.Progress(loader, desc=f"epoch {epoch}")
     means = {}
     try:
         for i, (x, y) in enumerate(bar):
@@ -119,6 +119,8 @@ def main(args) -> dict:
         )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
+        if args.dry_run:
+            print(experiment.dry_run_line(args, DRY_RUN_BATCHES))
         experiment.seed_everything(args.seed)
         train_loader, valid_loader, test_loader, n_classes = data.get_image_loaders(
             args.dataset,

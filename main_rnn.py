@@ -19,7 +19,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import alrao
 import data
@@ -37,9 +36,10 @@ DEFAULTS = experiment.ScriptDefaults(
     n_classifiers=6,
     data_path="datasets/ptb",
     data_loader=False,
+    offline_datasets=("pydoc",),
 )
 EVAL_BATCH_SIZE = 10  # parallel streams of the validation and test text (as the authors' code)
-DRY_RUN_BATCHES = 3  # bptt segments per split with --dry_run
+DRY_RUN_BATCHES = 2  # bptt segments per split with --dry_run
 REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
@@ -97,7 +97,7 @@ def train_epoch(model, source, optimizer, args, epoch: int) -> dict:
     meter = experiment.Meter()
     hidden = model.preclassifier.init_hidden(args.batch_size)
     starts = range(0, source.size(0) - 1, args.bptt)
-    bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = experiment.Progress(starts, desc=f"epoch {epoch}")
     means = {}
     try:
         for i, start in enumerate(bar):
@@ -160,6 +160,8 @@ def main(args) -> dict:
         )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
+        if args.dry_run:
+            print(experiment.dry_run_line(args, DRY_RUN_BATCHES))
         experiment.seed_everything(args.seed)
         corpus = data.get_corpus(args.dataset, args.data_path, char_level=args.char_prediction)
     except (experiment.UsageError, data.DataError) as error:

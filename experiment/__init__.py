@@ -10,8 +10,11 @@ from .early_stopping import EarlyStopping
 from .files import atomic_torch_save, atomic_write_text, dumps_json, to_json, write_json, write_jsonl
 from .flags import (
     ArgumentParser,
+    Flags,
     ScriptDefaults,
     add_common_arguments,
+    check_log10_interval,
+    dry_run_line,
     log10_rate,
     nonnegative_float,
     nonnegative_int,
@@ -19,7 +22,7 @@ from .flags import (
     positive_int,
     probability,
 )
-from .meter import Meter, epoch_record
+from .meter import Meter, Progress, epoch_record
 from .model import PlainModel, build_model, count_parameters
 from .optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, build_optimizer_hooks
 from .report import format_config, format_copies, format_epoch
@@ -30,6 +33,9 @@ __all__ = [
     # flags
     "ArgumentParser",
     "ScriptDefaults",
+    "Flags",
+    "check_log10_interval",
+    "dry_run_line",
     "add_common_arguments",
     "positive_int",
     "nonnegative_int",
@@ -55,6 +61,7 @@ __all__ = [
     "count_parameters",
     # metrics, files, the run
     "Meter",
+    "Progress",
     "epoch_record",
     "format_config",
     "format_epoch",

@@ -1,12 +1,14 @@
 """Tests of the plumbing shared by the experiment scripts (package ``experiment``)."""
 
 import importlib.util
+import io
 import json
 import math
 import os
 import pickle
 import platform
 import random
+import re
 import signal
 import sys
 
@@ -358,14 +360,19 @@ def test_a_diverged_run_is_recorded_and_stops(tmp_path):
     assert last["diverged"] is True and last["train_loss"] is None
 
 
-def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path):
+def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
     start_run(tmp_path, "--epochs", "1")
     with pytest.raises(experiment.UsageError, match="already holds a run .*pass --resume"):
         start_run(tmp_path, "--epochs", "1")
     with pytest.raises(experiment.UsageError, match="no checkpoint"):
         start_run(tmp_path / "elsewhere", "--resume")
-    with pytest.raises(experiment.UsageError, match=r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); only --data_path"):
+    with pytest.raises(SystemExit):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
+    assert re.search(
+        r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); `--resume --out_dir .*` alone continues it, and only "
+        "--data_path, --epochs, --no-cuda, --num_workers may change",
+        capsys.readouterr().err,
+    )
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_text("not a checkpoint")
     with pytest.raises(experiment.UsageError, match="cannot read"):
@@ -429,3 +436,80 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
 def test_the_scripts_can_keep_freed_memory_on_linux():
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert experiment.keep_freed_memory() is on_glibc
+
+
+# ------------------------------------------------------------- resume and misuse (issues 14.8, 15.2, 15.4)
+def test_resume_alone_continues_with_the_recorded_flags_and_records_changes(tmp_path):
+    run = start_run(tmp_path, "--lr", "0.5", "--seed", "3", "--epochs", "2", "--width", "5")
+    run_epochs(run, [3.0, 2.0])
+    args = parse("--resume", "--out_dir", str(tmp_path / "run"))
+    assert (args.lr, args.seed, args.epochs, args.width) == (0.5, 3, 2, 5)
+    assert args.given == {"resume", "out_dir"}
+    args = parse("--resume", "--out_dir", str(tmp_path / "run"), "--epochs", "4", "--seed", "3")
+    assert (args.lr, args.epochs) == (0.5, 4) and args.resumed_changes == {"epochs": [2, 4]}
+    resumed = experiment.Run(args, "script.py", "test", torch.device("cpu"))
+    model = tiny_model(args)
+    resumed.start(model, experiment.build_optimizer(model, args))
+    run_epochs(resumed, [3.0, 2.0, 1.5, 1.0])
+    config = strict_json((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["epochs"] == 4 and config["args"]["lr"] == 0.5
+    assert config["resumes"] == [{"after_epoch": 2, "changes": {"epochs": [2, 4]}}]
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_config_stays_true(tmp_path):
+    run_epochs(start_run(tmp_path, "--epochs", "4"), [3.0, 2.0, 1.5, 1.0])
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(experiment.UsageError, match="already trained 4 epochs .give --epochs 4 or more"):
+        start_run(tmp_path, "--resume", "--epochs", "2")
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--minLR", "1e-5", "--maxLR", "1"], "--minLR 1e-05 would mean a learning rate of 10**1e-05 = 1: "),
+        (["--minLR", "-5", "--maxLR", "10"], "--maxLR 10 would mean learning rates up to 1e10 (valid: at most 3"),
+        (["--minLR", "-5", "--maxLR", "0.5"], "--maxLR 0.5 would mean a learning rate of 10**0.5"),
+    ],
+)
+def test_learning_rates_given_where_log10_is_expected_are_refused(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--use_alrao", *argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and named in err and "(--minLR -5 means 1e-5, --maxLR 1 means 10)" in err
+    assert parse("--use_alrao", "--minLR", "-7", "--maxLR", "3").maxLR == 3  # the extreme valid ends
+    assert parse("--use_alrao", "--minLR", "0", "--maxLR", "1").minLR == 0
+
+
+def test_a_data_path_that_the_data_set_does_not_read_is_refused(capsys):
+    defaults = experiment.ScriptDefaults(**{**vars(DEFAULTS), "offline_datasets": ("fake",)})
+    parser = experiment.ArgumentParser(prog="script.py")
+    experiment.add_common_arguments(parser, defaults)
+    assert parser.parse_args(["--dataset", "real", "--data_path", "x"]).data_path == "x"
+    assert parser.parse_args(["--dataset", "fake"]).data_path == "datasets"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "fake", "--data_path", "/nonexistent"])
+    assert "--data_path /nonexistent is not used by --dataset fake" in capsys.readouterr().err
+
+
+def test_a_dry_run_is_short_whatever_epochs_and_batch_size_say():
+    args = parse("--dry_run", "--epochs", "300", "--batch_size", "64")
+    assert (args.epochs, args.batch_size) == (2, 8)
+    line = experiment.dry_run_line(args, 2)
+    assert line.startswith("dry run: 2 batches of 8 per split, 2 epochs of training, validation, test")
+    assert "--epochs 300 is cut to 2" in line and "--batch_size 64 is cut to 8" in line
+    assert (parse("--dry_run").epochs, parse("--epochs", "300").epochs) == (1, 300)
+
+
+def test_progress_writes_plain_lines_off_a_terminal():
+    stream = io.StringIO()
+    progress = experiment.Progress(range(3), desc="epoch 1", every_s=0.0, stream=stream)
+    for i in progress:
+        progress.set_postfix({"loss": f"{i}.0"})
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "epoch 1: batch 1/3 (loss 0.0)",
+        "epoch 1: batch 2/3 (loss 1.0)",
+        "epoch 1: batch 3/3 (loss 2.0)",
+    ]
+    assert "\r" not in stream.getvalue()

@@ -67,9 +67,9 @@ def test_word_level_dry_runs_report_perplexity(tmp_path, argv):
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     argv = ["--char_prediction", *ALRAO]
-    run(tmp_path / "whole", *argv, "--epochs", "3")
-    run(tmp_path / "parts", *argv, "--epochs", "2")
-    run(tmp_path / "parts", *argv, "--epochs", "3", "--resume")
+    run(tmp_path / "whole", *argv, "--epochs", "2")
+    run(tmp_path / "parts", *argv, "--epochs", "1")
+    run(tmp_path / "parts", "--resume", "--epochs", "2")
     assert metrics(tmp_path / "parts") == metrics(tmp_path / "whole")
     whole, parts = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("whole", "parts"))
     for key, value in whole["model"].items():
@@ -104,6 +104,8 @@ def test_missing_data_exits_2_with_the_data_message(tmp_path, monkeypatch, capsy
         (["--bptt", "0"], "argument --bptt: expected an integer >= 1, got 0"),
         (["--minLR", "-3", "--maxLR", "2"], "--minLR -3 is used only with --use_alrao"),
         (["--num_workers", "2"], "unrecognized arguments: --num_workers 2"),  # the text needs no loader workers
+        (["--dataset", "pydoc", "--data_path", "/no"], "--data_path /no is not used by --dataset pydoc"),
+        (["--use_alrao", "--minLR", "1e-5", "--maxLR", "10"], "--minLR -5 means 1e-5"),
     ],
 )
 def test_invalid_arguments_exit_2_naming_the_value(argv, named, capsys):
