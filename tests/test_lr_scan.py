@@ -468,6 +468,8 @@ def test_cli_is_reproducible_and_equals_the_library_scan(tmp_path, monkeypatch, 
         (["--out", "scan.pdf"], "png"),
         (["--out", "no/such/folder/scan.png"], "does not exist"),
         (["--optimizer", "LBFGS"], "invalid choice"),
+        (["--minLR", "1e-5", "--maxLR", "1"], "(--minLR -5 means 1e-5, --maxLR 1 means 10)"),
+        (["--dataset", "fake", "--data_path", "/data"], "--data_path /data is not used by --dataset fake"),
     ],
 )
 def test_cli_bad_flags_are_argparse_errors(argv, match, capsys):
