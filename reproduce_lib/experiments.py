@@ -34,6 +34,7 @@ class Context:
     results_dir: Path
     commit: str
     command: str
+    source_hash: str = ""  # of the code writing the results (experiment.provenance.source_hash)
 
     def provenance(self, models: Sequence[str], run_commits: Iterable[str], seeds: str | None = None) -> Provenance:
         """The provenance of a result on ``models`` from runs trained at ``run_commits``."""
@@ -43,6 +44,7 @@ class Context:
             self.commit,
             self.command,
             tuple(sorted(set(run_commits))),
+            self.source_hash,
         )
 
 

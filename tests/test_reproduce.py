@@ -15,11 +15,12 @@ import pytest
 import main_rnn
 import reproduce
 from experiment import OPTIMIZERS
+from experiment.provenance import RESULTS_SOURCES, source_hash
 from reproduce_lib import figures
 from reproduce_lib import launch as launch_module
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, missing_baselines, width_rows
 from reproduce_lib.launch import LaunchError, SlurmOptions, launch, thread_env
-from reproduce_lib.outputs import Provenance, git_commit
+from reproduce_lib.outputs import Provenance, file_sha256, git_commit
 from reproduce_lib.plan import Plan, adam
 from reproduce_lib.protocol import PROFILES, SGD_RATES, TriangleSetting
 
@@ -58,6 +59,7 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
         "baselines.md",
         "curves_LSTM.png",
         "posterior_LSTM.png",
+        "provenance.json",
         "table1.json",
         "table1.md",
         "triangle_LSTM.json",
@@ -66,6 +68,28 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
     for png in results.glob("*.png"):
         assert png.read_bytes().startswith(PNG)
     assert not list(results.glob(".*"))  # no temporary file left behind
+    manifest = json.loads((results / "provenance.json").read_text())
+    code = source_hash(RESULTS_SOURCES)
+    assert sorted(manifest) == sorted(p.name for p in results.iterdir() if p.name != "provenance.json")
+    for name, entry in manifest.items():
+        assert entry["sha256"] == file_sha256(results / name) and entry["source_hash"] == code
+    assert json.loads((results / "table1.json").read_text())["source_hash"] == code
+    assert f"· code {code} ·" in (results / "table1.md").read_text()
+
+
+def test_a_dry_run_or_a_part_of_a_profile_never_writes_the_committed_results(capsys):
+    def parse(*argv):
+        return reproduce.build_parser().parse_args(["table1", "--profile", "quick", *argv])
+
+    dry = parse("--dry_run")
+    assert (dry.out_dir, dry.results_dir) == ("runs/reproduce-quick-dry_run", "runs/reproduce-quick-dry_run/results")
+    assert dry.launcher == "inline" and parse("--dry_run", "--jobs", "2").launcher == "local"
+    assert parse("--models", "LSTM").results_dir == "runs/reproduce-quick/results"
+    assert parse("--epochs", "1", "--out_dir", "x").results_dir == "x/results"
+    assert parse().results_dir == "results/quick" and parse("--profile", "paper").results_dir == "results"
+    with pytest.raises(SystemExit):
+        parse("--dry_run", "--results_dir", str(Path(reproduce.__file__).parent / "results" / "quick"))
+    assert "a dry run's numbers mean nothing" in capsys.readouterr().err
 
 
 def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
