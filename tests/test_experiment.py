@@ -513,3 +513,16 @@ def test_progress_writes_plain_lines_off_a_terminal():
         "epoch 1: batch 3/3 (loss 2.0)",
     ]
     assert "\r" not in stream.getvalue()
+
+
+def test_an_interrupt_in_the_first_epoch_says_so(tmp_path, capsys):
+    run = start_run(tmp_path, "--epochs", "5")
+    with pytest.raises(SystemExit) as exit_info:
+        with run:
+            for _ in run.epochs():
+                raise KeyboardInterrupt
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 130 and "interrupted before the first epoch" in out
+    assert "no epoch with a finite validation loss" not in out
+    summary = strict_json((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_completed"]) == ("interrupted", 0)
