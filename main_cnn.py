@@ -110,6 +110,10 @@ def evaluate(model, loader, device) -> dict:
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
     device, device_text = experiment.choose_device(args.no_cuda)
+    if device.type != "cpu" and args.num_workers and "num_workers" in experiment.given_flags(args):
+        experiment.exit_with_error(
+            PROG, f"--num_workers {args.num_workers} is not used on {device.type}: the data stays on the device"
+        )
     try:
         run = experiment.Run(
             args,
