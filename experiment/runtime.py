@@ -37,9 +37,12 @@ def choose_device(no_cuda: bool) -> tuple[torch.device, str]:
 
 
 def rng_state(device: torch.device) -> dict:
-    """The state of every global generator a run draws from (CUDA's only on a CUDA device).
+    """The state of every global generator a run draws from: Python's, NumPy's, torch's CPU one and,
+    on a CUDA device, that device's generator only (a one-element list).
 
-    Made of tensors, lists and numbers only, so that ``torch.load(...,
+    Only the run's own device: a run started with two visible GPUs may be resumed with one (e.g.
+    under ``reproduce.py``, which gives each run one GPU), where a state per visible device would
+    not fit. Made of tensors, lists and numbers only, so that ``torch.load(...,
     weights_only=True)`` reads it back.
     """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -47,7 +50,7 @@ def rng_state(device: torch.device) -> dict:
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
     }
 
 
@@ -55,14 +58,17 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     """Restore the generators saved by :func:`rng_state`.
 
     The CUDA state is restored only on a CUDA device when the saved run had
-    one: a run moved between CPU and CUDA continues, but not bit for bit.
+    one, and only into the run's device: its first saved entry (checkpoints
+    written before this version hold one entry per visible GPU in index order,
+    and the scripts train on the first), whatever the number of GPUs visible now. A run moved
+    between CPU and CUDA continues, but not bit for bit.
     """
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -1,0 +1,127 @@
+"""The runner's CUDA branches, forced on a CPU (issue 17): the generators' state of the run's
+device, checkpoints written on a GPU, GPU slots of the sweeps, DoG's state across devices."""
+
+import ast
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import experiment
+import main_cnn
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
+ALRAO = ["--use_alrao", "--minLR", "-4", "--maxLR", "0", "--n_last_layers", "3"]
+
+
+def run_cnn(out_dir, *argv):
+    return main_cnn.main(main_cnn.build_parser().parse_args([*TINY, "--out_dir", str(out_dir), *argv]))
+
+
+# ------------------------------------------------------- generators (item 1)
+class FakeCuda:
+    """``torch.cuda``'s generator functions on ``n_visible`` fake GPUs, each state a tensor."""
+
+    def __init__(self, monkeypatch, n_visible: int):
+        self.n_visible = n_visible
+        self.states = {i: torch.full((4,), i, dtype=torch.uint8) for i in range(n_visible)}
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get_rng_state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set_rng_state)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [self.states[i] for i in range(n_visible)])
+
+        def set_all(states):  # what the old code called: one state per visible device
+            for i, state in enumerate(states):
+                self.set_rng_state(state, i)
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+
+    def index(self, device) -> int:
+        index = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        return 0 if index.index is None else index.index
+
+    def get_rng_state(self, device="cuda"):
+        return self.states[self.index(device)].clone()
+
+    def set_rng_state(self, state, device="cuda"):
+        i = self.index(device)
+        if i >= self.n_visible:
+            raise IndexError("tuple index out of range")  # what CUDA raises for a device not visible
+        self.states[i] = state.clone()
+
+
+def test_the_cuda_generator_saved_is_the_run_devices_only(monkeypatch):
+    fake = FakeCuda(monkeypatch, n_visible=2)
+    fake.states[0] = torch.tensor([7, 7, 7, 7], dtype=torch.uint8)
+    state = experiment.rng_state(torch.device("cuda"))
+    assert len(state["cuda"]) == 1 and torch.equal(state["cuda"][0], fake.states[0])
+    assert experiment.rng_state(torch.device("cpu"))["cuda"] == []
+
+
+@pytest.mark.parametrize("saved_entries", [1, 2, 4])
+def test_a_run_saved_with_several_visible_gpus_resumes_with_one(monkeypatch, saved_entries):
+    """Checkpoints of this version hold one entry; older ones one per visible GPU (here faked):
+    both resume on a machine (or a sweep slot) that sees a single GPU."""
+    experiment.seed_everything(3)
+    state = experiment.rng_state(torch.device("cpu"))
+    state["cuda"] = [torch.full((4,), 10 + i, dtype=torch.uint8) for i in range(saved_entries)]
+    fake = FakeCuda(monkeypatch, n_visible=1)
+    draws = (random.random(), np.random.rand(), torch.rand(2))
+    experiment.set_rng_state(state, torch.device("cuda"))
+    assert torch.equal(fake.states[0], state["cuda"][0])  # the run's device gets the run's state
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
+
+
+def test_a_cuda_state_is_not_restored_on_a_cpu_run(monkeypatch):
+    fake = FakeCuda(monkeypatch, n_visible=1)
+    state = experiment.rng_state(torch.device("cpu"))
+    state["cuda"] = [torch.full((4,), 9, dtype=torch.uint8)]
+    experiment.set_rng_state(state, torch.device("cpu"))
+    assert torch.equal(fake.states[0], torch.zeros(4, dtype=torch.uint8))
+
+
+# ------------------------------------------------- checkpoints (item 10)
+def torch_load_calls_without_map_location() -> list[str]:
+    """``file:line`` of every ``torch.load(...)`` in the project's Python files that does not
+    pass ``map_location``."""
+    found = []
+    for path in sorted(REPO.rglob("*.py")):
+        if any(part.startswith(".") or part in ("runs", "datasets") for part in path.relative_to(REPO).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+                and not any(k.arg == "map_location" for k in node.keywords)
+            ):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_every_torch_load_of_the_project_passes_map_location():
+    assert torch_load_calls_without_map_location() == []
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu_only_machine(tmp_path, monkeypatch):
+    """The run's files are written with every tensor tagged ``cuda:0``, as on a GPU (and its
+    generators' state holding a CUDA entry); the run then resumes on the CPU."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        run_cnn(tmp_path, *ALRAO, "--epochs", "1")
+    checkpoint_path = tmp_path / "checkpoint.pt"
+    if not torch.cuda.is_available():  # the files really say CUDA: a load without map_location fails
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(checkpoint_path, map_location=None, weights_only=True)  # as written
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # saved on a GPU: ignored on the CPU
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        experiment.atomic_torch_save(checkpoint, checkpoint_path)
+    summary = run_cnn(tmp_path, *ALRAO, "--epochs", "2", "--resume")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
