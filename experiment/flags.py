@@ -220,6 +220,16 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         "--dry_run", action="store_true", help="a few batches of each split, to check a command in seconds"
     )
     run.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    run.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="mixed precision: the forward and the loss under torch.autocast in bfloat16 or float16 "
+        "(fp16: CUDA only, with a gradient scaler); the Alrao switch stays float32",
+    )
+    run.add_argument(
+        "--compile", action="store_true", help="compile the model's forward with torch.compile (model.compile())"
+    )
 
     parser.add_check(lambda args: _resolve_common(args, defaults))
     return groups
