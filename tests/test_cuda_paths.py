@@ -11,6 +11,10 @@ import torch
 
 import experiment
 import main_cnn
+import reproduce
+from reproduce_lib import launch as launch_module
+from reproduce_lib.plan import Plan, adam
+from reproduce_lib.protocol import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
@@ -125,3 +129,74 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu_only_machine(tmp_path, m
         experiment.atomic_torch_save(checkpoint, checkpoint_path)
     summary = run_cnn(tmp_path, *ALRAO, "--epochs", "2", "--resume")
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+
+
+# ------------------------------------------------ GPU slots of sweeps (item 7)
+@pytest.mark.parametrize(
+    "listed, gpus",
+    [
+        ("0,1", ["0", "1"]),
+        ("0, 1", ["0", "1"]),  # a space after the comma is not part of the second entry
+        (" 2 ,3 ", ["2", "3"]),
+        ("0,-1,1", ["0"]),  # CUDA hides every device after an invalid entry
+        ("-1", []),
+        ("", []),
+        ("0,,1", ["0"]),
+        ("GPU-8e1f, MIG-2a", ["GPU-8e1f", "MIG-2a"]),  # UUIDs stay as they are
+    ],
+)
+def test_visible_gpus_are_read_as_cuda_reads_them(monkeypatch, listed, gpus):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert launch_module.visible_gpus() == gpus
+    assert launch_module.default_jobs() == max(1, len(gpus))
+
+
+def test_without_the_variable_the_gpus_are_those_torch_counts(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert launch_module.visible_gpus() == ["0", "1", "2"]
+
+
+def test_gpu_slots_share_a_gpu_only_with_a_warning():
+    said = []
+    assert launch_module.gpu_slots(2, ["0", "1"], said.append) == ["0", "1"] and said == []
+    assert launch_module.gpu_slots(4, ["0"], said.append) == ["0"] * 4
+    (warning,) = said
+    assert "--jobs 4 with 1 visible GPU (0): up to 4 runs share a GPU" in warning and "--jobs 1" in warning
+    said.clear()
+    assert launch_module.gpu_slots(3, ["0", "1"], said.append) == ["0", "1", "0"] and "up to 2 runs" in said[0]
+    assert launch_module.gpu_slots(3, [], said.append) == [None] * 3  # CPU runs
+
+
+@pytest.mark.parametrize(
+    "listed, jobs, children",
+    [("0, 1", 2, {"0", "1"}), ("0,-1,1", 2, {"0"}), ("3", 4, {"3"}), ("", 2, {None})],
+)
+def test_each_local_run_gets_one_gpu_of_the_visible_ones(tmp_path, monkeypatch, capsys, listed, jobs, children):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    seen = []
+
+    def fake_subprocess(cmd, log_path, env, running=None):
+        seen.append(env.get("CUDA_VISIBLE_DEVICES"))
+        return None
+
+    monkeypatch.setattr(launch_module, "run_subprocess", fake_subprocess)
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0, 1, 2, 3), epochs=1, dry_run=True)
+    runs = [plan.run("LSTM", adam(), seed) for seed in range(4)]
+    outcomes = launch_module.launch(runs, tmp_path, launcher="local", jobs=jobs)
+    assert all(o.ok for o in outcomes) and set(seen) == children
+    out = capsys.readouterr().out
+    assert ("share a GPU" in out) == (jobs > len(children) and None not in children)
+
+
+def test_slurm_jobs_of_more_than_one_gpu_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.build_parser().parse_args(["table1", "--launcher", "slurm", "--slurm_gpus", "2"])
+    assert exit_.value.code == 2
+    assert "--slurm_gpus 2: each run trains on one GPU" in capsys.readouterr().err
+    assert reproduce.build_parser().parse_args(["table1", "--launcher", "slurm", "--slurm_gpus", "1"]).slurm_gpus == 1
+    plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
+    with pytest.raises(launch_module.LaunchError, match="reserve 2 that no one uses"):
+        launch_module.launch(
+            [plan.run("LSTM", adam(), 0)], tmp_path, launcher="slurm", slurm=launch_module.SlurmOptions(gpus_per_job=3)
+        )
