@@ -200,3 +200,28 @@ def test_slurm_jobs_of_more_than_one_gpu_are_refused(tmp_path, capsys):
         launch_module.launch(
             [plan.run("LSTM", adam(), 0)], tmp_path, launcher="slurm", slurm=launch_module.SlurmOptions(gpus_per_job=3)
         )
+
+
+# ------------------------------------------------------- DoG on CUDA (item 8)
+@pytest.mark.parametrize("name", ["DoG", "LDoG"])
+def test_dog_state_resumed_on_another_device_is_on_the_parameters_device(name):
+    """A DoG state saved on one device (the CPU) and loaded into a run on another (``meta``
+    stands for CUDA): the package's ``load_state_dict`` alone leaves rbar, G and eta on the CPU."""
+    pytest.importorskip("dog")
+    args = main_cnn.build_parser().parse_args([*TINY, "--optimizer", name])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = experiment.build_optimizer(model, args)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(5, 3)).pow(2).sum().backward()
+        optimizer.step()
+    saved = optimizer.state_dict()
+    on_meta = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).to("meta")
+    resumed = experiment.build_optimizer(on_meta, args)
+    resumed.load_state_dict(saved)
+    (group,) = resumed.param_groups
+    moved = [group[k] for k in ("rbar", "G", "init_buffer", "eta")]
+    tensors = [t for value in moved for t in (value if isinstance(value, list) else [value])]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert type(resumed).__name__ == name and not resumed._first_step
