@@ -2,7 +2,7 @@
 read nothing on the host between two progress refreshes."""
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -159,14 +159,17 @@ def host_reads_fail(monkeypatch):
 
 
 def accelerator_path(monkeypatch, model):
-    """What the library does on a GPU, forced on the CPU: the finiteness checks deferred (no
-    read of the pre-classifier's output, the copies' mask never read on the host). Relies on
-    today's alrao: ``AlraoModel.defer_finite_check`` and ``copies.known_all_finite`` (the core's
-    explicit accelerator switch will replace the latter)."""
+    """What the library does on a GPU, forced on the CPU: no host read in the step, checks
+    deferred. Through ``alrao.accelerator_path()`` where the library has that switch; on a library
+    without it, through what exists there: ``AlraoModel.defer_finite_check`` and the
+    ``known_all_finite`` shortcut (the copies' mask never read on the host)."""
+    if hasattr(alrao, "accelerator_path"):
+        return alrao.accelerator_path()
     monkeypatch.setattr(alrao.copies, "known_all_finite", lambda finite: False)
     monkeypatch.setattr(alrao.model, "known_all_finite", lambda finite: False)
     if isinstance(model, alrao.AlraoModel):
         model.defer_finite_check = True
+    return nullcontext()
 
 
 def test_the_host_read_guard_catches_a_read(monkeypatch):
@@ -179,13 +182,22 @@ def cli_args(script, *argv):
 
 
 STEPS = 2 * main_cnn.REFRESH_EVERY + 3  # two refreshes inside the epoch, one at its end
+cpu = torch.device("cpu")
 
 
 # Plain runs with SGD only: torch's own Adam reads its step counter, a CPU tensor by design.
 @pytest.mark.parametrize(
-    "optimizer, flags", [("SGD", []), ("SGD", CNN_ALRAO), ("Adam", CNN_ALRAO)], ids=["plain", "alrao", "alrao-adam"]
+    "optimizer, flags, amp",
+    [
+        ("SGD", [], "off"),
+        ("SGD", [], "bf16"),
+        ("SGD", CNN_ALRAO, "off"),
+        ("Adam", CNN_ALRAO, "off"),
+        ("SGD", CNN_ALRAO, "bf16"),
+    ],
+    ids=["plain", "plain-bf16", "alrao", "alrao-adam", "alrao-bf16"],
 )
-def test_the_cnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, optimizer, flags):
+def test_the_cnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, optimizer, flags, amp):
     torch.manual_seed(0)
     args = cli_args(main_cnn, *flags, "--optimizer", optimizer)
     pre = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
@@ -193,16 +205,23 @@ def test_the_cnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, opt
     model = experiment.build_model(args, pre, alrao.LinearClassifier, 4, 10)
     optim = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
     loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(STEPS)]
-    accelerator_path(monkeypatch, model)
-    with host_reads_fail(monkeypatch) as refreshes:
-        result = main_cnn.train_epoch(model, loader, optim, args.use_alrao, 1, torch.device("cpu"))
+    with accelerator_path(monkeypatch, model), host_reads_fail(monkeypatch) as refreshes:
+        result = main_cnn.train_epoch(model, loader, optim, args.use_alrao, 1, cpu, experiment.Precision(amp, cpu))
     assert refreshes == [40, 80, 92] and not result["diverged"]
 
 
 @pytest.mark.parametrize(
-    "optimizer, flags", [("SGD", []), ("SGD", RNN_ALRAO), ("Adam", RNN_ALRAO)], ids=["plain", "alrao", "alrao-adam"]
+    "optimizer, flags, amp",
+    [
+        ("SGD", [], "off"),
+        ("SGD", [], "bf16"),
+        ("SGD", RNN_ALRAO, "off"),
+        ("Adam", RNN_ALRAO, "off"),
+        ("SGD", RNN_ALRAO, "bf16"),
+    ],
+    ids=["plain", "plain-bf16", "alrao", "alrao-adam", "alrao-bf16"],
 )
-def test_the_rnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, optimizer, flags):
+def test_the_rnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, optimizer, flags, amp):
     """Gradient clipping included (--clip 0.25, the default): ``clip_grad_norm_`` must not read."""
     torch.manual_seed(0)
     args = cli_args(main_rnn, *flags, "--optimizer", optimizer)
@@ -210,8 +229,7 @@ def test_the_rnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, opt
     model = experiment.build_model(args, pre, alrao.LinearClassifierRNN, 8, 20)
     optim = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
     source = torch.randint(0, 20, (STEPS * args.bptt + 1, args.batch_size))
-    accelerator_path(monkeypatch, model)
-    with host_reads_fail(monkeypatch) as refreshes:
-        result = main_rnn.train_epoch(model, source, optim, args, 1)
+    with accelerator_path(monkeypatch, model), host_reads_fail(monkeypatch) as refreshes:
+        result = main_rnn.train_epoch(model, source, optim, args, 1, experiment.Precision(amp, cpu))
     tokens = args.bptt * args.batch_size
     assert refreshes == [10 * tokens, 20 * tokens, STEPS * tokens] and not result["diverged"]
