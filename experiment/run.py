@@ -62,7 +62,7 @@ FORMAT = 1  # version of the checkpoint layout
 
 # Flags a resumed run may change: they do not change what is computed, only
 # where, how fast, or for how many epochs.
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path"})
+RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
 
 # Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.
 RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (

@@ -225,3 +225,22 @@ def test_dog_state_resumed_on_another_device_is_on_the_parameters_device(name):
     tensors = [t for value in moved for t in (value if isinstance(value, list) else [value])]
     assert tensors and all(t.device.type == "meta" for t in tensors)
     assert type(resumed).__name__ == name and not resumed._first_step
+
+
+def test_the_cuda_branch_of_the_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    device, text = experiment.choose_device(no_cuda=False)
+    assert device == torch.device("cuda") and text == "cuda (Fake GPU)"
+    device, text = experiment.choose_device(no_cuda=True)
+    assert device.type == "cpu" and "--no-cuda" in text
+
+
+def test_compile_may_change_on_resume_amp_may_not(tmp_path, capsys):
+    """--compile changes how the forward runs, not what it computes; --amp changes the numbers."""
+    run_cnn(tmp_path, "--epochs", "1")
+    summary = run_cnn(tmp_path, "--epochs", "1", "--resume", "--compile")  # nothing left to train
+    assert summary["epochs_completed"] == 1
+    with pytest.raises(SystemExit) as exit_:
+        run_cnn(tmp_path, "--epochs", "1", "--resume", "--amp", "bf16")
+    assert exit_.value.code == 2 and "--amp bf16 (run: off)" in capsys.readouterr().err
