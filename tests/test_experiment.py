@@ -364,7 +364,7 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path):
         start_run(tmp_path, "--epochs", "1")
     with pytest.raises(experiment.UsageError, match="no checkpoint"):
         start_run(tmp_path / "elsewhere", "--resume")
-    with pytest.raises(experiment.UsageError, match=r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); only --data_path"):
+    with pytest.raises(experiment.UsageError, match=r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); only --compile,"):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_text("not a checkpoint")
