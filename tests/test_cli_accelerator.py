@@ -97,6 +97,20 @@ def test_a_step_the_scaler_skips_changes_nothing_and_says_so(monkeypatch):
     assert not torch.equal(before[0], layer.weight)
 
 
+def test_gradients_are_clipped_at_their_true_scale_with_a_scaler(monkeypatch):
+    """main_rnn.py clips after ``unscale_``: the scaled gradients (x 65,536) come back to their values."""
+    monkeypatch.setattr(runtime, "FP16_DEVICE_TYPES", ("cuda", "cpu"))
+    layer = torch.nn.Linear(3, 2)
+    layer(torch.ones(1, 3)).sum().backward()
+    expected = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    precision = experiment.Precision("fp16", torch.device("cpu"))
+    precision.backward(layer(torch.ones(1, 3)).sum())
+    assert torch.allclose(layer.weight.grad, expected[0] * precision.scaler.get_scale())
+    precision.unscale_(torch.optim.SGD(layer.parameters(), lr=0.1))
+    assert all(torch.allclose(p.grad, e) for p, e in zip(layer.parameters(), expected))
+
+
 # ---------------------------------------------------------------- --compile
 def test_compile_compiles_the_model_and_runs_end_to_end(tmp_path, monkeypatch):
     """An Alrao run with --compile. Dynamo's "eager" backend keeps the test fast: what is tested is
