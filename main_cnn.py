@@ -59,9 +59,11 @@ def build_parser() -> experiment.ArgumentParser:
     return parser
 
 
-def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -> dict:
+def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device, precision=None) -> dict:
     """One epoch of training; the epoch's mean loss / accuracy (per copy too, with Alrao),
-    and ``diverged: True`` if the training loss stopped being finite."""
+    and ``diverged: True`` if the training loss stopped being finite. ``precision``: the
+    ``--amp`` setting (:class:`experiment.Precision`; default float32)."""
+    precision = precision or experiment.Precision("off", torch.device(device))
     model.train()
     meter = experiment.Meter()
     bar = experiment.Progress(loader, desc=f"epoch {epoch}")
@@ -69,14 +71,17 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -
     try:
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            loss = model.loss(output, y)
+            with precision.autocast():
+                output = model(x)
+                loss = model.loss(output, y)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step(lambda loss=loss: loss)  # the closure gives the loss to optimizers that use it (AliG)
+            precision.backward(loss)
+            # the closure gives the loss to optimizers that use it (AliG)
+            stepped = precision.step(optimizer, lambda loss=loss: loss)
             if use_alrao:
                 meter.add(loss, output, y, model.last_copy_losses, model.last_copy_outputs)
-                model.update_switch()
+                if stepped:  # a step the gradient scaler skipped leaves the switch as it was
+                    model.update_switch()
             else:
                 meter.add(loss, output, y)
             if (i + 1) % REFRESH_EVERY == 0 or i + 1 == len(loader):
@@ -93,15 +98,19 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -
 
 
 @torch.no_grad()
-def evaluate(model, loader, device) -> dict:
-    """Mean loss (nats) and accuracy of the model's prediction (with Alrao, the switch average)."""
+def evaluate(model, loader, device, precision=None) -> dict:
+    """Mean loss (nats) and accuracy of the model's prediction (with Alrao, the switch average),
+    under the run's autocast (``precision``, default float32)."""
+    precision = precision or experiment.Precision("off", torch.device(device))
     model.eval()
     meter = experiment.Meter()
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            meter.add(F.nll_loss(output, y), output, y)
+            with precision.autocast():
+                output = model(x)
+                loss = F.nll_loss(output, y)
+            meter.add(loss, output, y)
     except FloatingPointError:  # a diverged network: no prediction to score
         return {"loss": math.nan, "acc": math.nan}
     return meter.means()
@@ -115,6 +124,7 @@ def main(args) -> dict:
             PROG, f"--num_workers {args.num_workers} is not used on {device.type}: the data stays on the device"
         )
     try:
+        precision = experiment.Precision(args.amp, device)  # before the run's folder: fp16 on a CPU stops here
         run = experiment.Run(
             args,
             PROG,
@@ -136,13 +146,15 @@ def main(args) -> dict:
             num_workers=args.num_workers,
             limit=DRY_RUN_BATCHES * args.batch_size if args.dry_run else None,
         )
-    except (experiment.UsageError, data.DataError) as error:
+    except (experiment.UsageError, experiment.UnsupportedPrecision, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
 
     preclassifier = models.build_preclassifier(args.model_name, args.size_multiplier)
     model = experiment.build_model(
         args, preclassifier, alrao.LinearClassifier, preclassifier.num_features, n_classes
     ).to(device)
+    if args.compile:
+        model.compile()  # in place: the state_dict keys (checkpoints) stay those of the eager model
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(  # training images: Schedule-Free's BatchNorm statistics
         model, optimizer, args, calibration_batches=lambda: (x.to(device) for x, _ in train_loader)
@@ -159,12 +171,13 @@ def main(args) -> dict:
             for loader in (train_loader, valid_loader, test_loader):
                 loader.set_epoch(epoch)  # data order is a function of (seed, epoch): resume is exact
             hooks.train()
-            train = train_epoch(model, train_loader, optimizer, args.use_alrao, epoch, device)
+            train = train_epoch(model, train_loader, optimizer, args.use_alrao, epoch, device, precision)
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
                 splits.update(
-                    valid=evaluate(evaluated, valid_loader, device), test=evaluate(evaluated, test_loader, device)
+                    valid=evaluate(evaluated, valid_loader, device, precision),
+                    test=evaluate(evaluated, test_loader, device, precision),
                 )
             run.end_epoch(experiment.epoch_record(model, optimizer, splits, diverged=train["diverged"]))
     return run.finish()

@@ -27,7 +27,7 @@ import experiment
 from experiment.provenance import RESULTS_SOURCES, source_hash
 from experiment.run import Terminated, sigterm_as_interrupt
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
-from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch
+from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch, slurm_gpus_message
 from reproduce_lib.outputs import git_commit, record_written
 from reproduce_lib.plan import Plan, unique
 from reproduce_lib.protocol import CNN_MODELS, MODEL_NAMES, PROFILES
@@ -145,7 +145,7 @@ def build_parser() -> experiment.ArgumentParser:
         "--slurm_gpus",
         type=experiment.nonnegative_int,
         default=None,
-        help=f"GPUs per job (default: {SlurmOptions.gpus_per_job})",
+        help=f"GPUs per job: 1, as each run trains on one GPU, or 0 (default: {SlurmOptions.gpus_per_job})",
     )
     how.add_argument(
         "--slurm_cpus",
@@ -168,6 +168,8 @@ def _check(args) -> str | None:
     for flag in SLURM_FLAGS:
         if getattr(args, flag) is not None and args.launcher != "slurm":
             return f"--{flag} {getattr(args, flag)} is used only with --launcher slurm"
+    if args.slurm_gpus is not None and args.slurm_gpus > 1:
+        return slurm_gpus_message(args.slurm_gpus)
     if args.collect_only and (args.jobs is not None or args.launcher != "local"):
         return "--collect_only trains nothing: it takes no --launcher or --jobs"
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):

@@ -28,7 +28,16 @@ from .model import PlainModel, build_model, count_parameters
 from .optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, build_optimizer_hooks
 from .report import format_config, format_copies, format_epoch
 from .run import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, Run, UsageError, best_record, exit_with_error, summarize
-from .runtime import choose_device, derived_generator, keep_freed_memory, rng_state, seed_everything, set_rng_state
+from .runtime import (
+    Precision,
+    UnsupportedPrecision,
+    choose_device,
+    derived_generator,
+    keep_freed_memory,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 __all__ = [
     # flags
@@ -49,6 +58,8 @@ __all__ = [
     "seed_everything",
     "derived_generator",
     "choose_device",
+    "Precision",
+    "UnsupportedPrecision",
     "rng_state",
     "set_rng_state",
     "keep_freed_memory",

@@ -31,7 +31,7 @@ DRY_RUN_MAX_BATCH_SIZE = 8
 # Flags a resumed run may change: they do not change what is computed, only where, how fast,
 # or for how many epochs. `--resume --out_dir DIR` alone takes every other flag from the run's
 # config.json; a change to one of these is recorded there (its "resumes" list).
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path"})
+RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
 # Alrao's interval ends are log10 of learning rates: a value that can only be a rate typed as
 # such (0 < x < 1, e.g. 1e-5) or a rate above 10**MAX_LR_LOG10 is refused (see _check_log10).
 MAX_LR_LOG10 = 3
@@ -275,6 +275,16 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         "and checkpoints, on offline data unless --dataset; its numbers mean nothing",
     )
     run.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    run.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="mixed precision: the forward and the loss under torch.autocast in bfloat16 or float16 "
+        "(fp16: CUDA only, with a gradient scaler); the Alrao switch stays float32",
+    )
+    run.add_argument(
+        "--compile", action="store_true", help="compile the model's forward with torch.compile (model.compile())"
+    )
 
     parser.add_check(lambda args: _resolve_common(args, defaults))
     return groups

@@ -63,7 +63,7 @@ def test_atomic_writes_replace_the_file_and_leave_no_temporary(tmp_path):
     experiment.write_json(path, {"x": 2})
     assert strict_json(path.read_text()) == {"x": 2}
     experiment.atomic_torch_save({"t": torch.arange(3)}, tmp_path / "c.pt")
-    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["t"], torch.arange(3))
+    assert torch.equal(torch.load(tmp_path / "c.pt", map_location="cpu", weights_only=True)["t"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.pt"]
 
 
@@ -72,7 +72,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     experiment.atomic_torch_save({"epoch": 1}, path)
     with pytest.raises((AttributeError, pickle.PicklingError)):  # a local lambda does not pickle
         experiment.atomic_torch_save({"epoch": 2, "bad": lambda: 0}, path)  # lambdas do not pickle
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert torch.load(path, map_location="cpu", weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
@@ -219,7 +219,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     experiment.atomic_torch_save(experiment.rng_state(device), tmp_path / "rng.pt")
     draws = (random.random(), np.random.rand(), torch.rand(2))
     random.random(), np.random.rand(), torch.rand(5)
-    experiment.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), device)
+    experiment.set_rng_state(torch.load(tmp_path / "rng.pt", map_location="cpu", weights_only=True), device)
     again = (random.random(), np.random.rand(), torch.rand(2))
     assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
 
@@ -340,9 +340,9 @@ def test_a_run_writes_its_files_and_stops_early(tmp_path, capsys):
     assert config["script"] == "script.py" and config["args"]["patience"] == 2 and config["n_parameters"] == 51
     metrics = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and all(m["epoch_time_s"] >= 0 for m in metrics)
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 4 and checkpoint["status"] == "early_stopped"
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == 2
     assert "early stopping" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == sorted(run_module.RUN_FILES + (run_module.LOCK,))
 
@@ -370,7 +370,7 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
     assert re.search(
         r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); `--resume --out_dir .*` alone continues it, and only "
-        "--data_path, --epochs, --no-cuda, --num_workers may change",
+        "--compile, --data_path, --epochs, --no-cuda, --num_workers may change",
         capsys.readouterr().err,
     )
     (tmp_path / "bad").mkdir()
@@ -427,7 +427,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
     assert exit_info.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted during epoch 3" in err and f"--resume --out_dir {tmp_path / 'run'}" in err
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"] == 2
     summary = strict_json((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 2
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []

@@ -385,7 +385,7 @@ class TinyPre(nn.Module):
 def run_cli(argv):
     import lr_scan as cli
 
-    return cli.main(cli.build_parser().parse_args(argv))
+    return cli.main(cli.build_parser().parse_args([*argv, "--no-cuda"]))  # the suite runs on the CPU
 
 
 def test_cli_scans_a_registry_model_and_writes_png_and_json(tmp_path, capsys):

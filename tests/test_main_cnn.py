@@ -11,7 +11,8 @@ import main_cnn
 
 # The cheapest network of the registry on CPU (measured: VGG19 at width 1/8,
 # ~50 ms per step of 4 images), 3 batches of 4 images per split.
-TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4"]
+# --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
+TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
 ALRAO = ["--use_alrao", "--minLR", "-4", "--maxLR", "0", "--n_last_layers", "3"]
 
 
@@ -33,7 +34,7 @@ def metrics(out_dir):
 
 
 def final_model(out_dir):
-    return torch.load(out_dir / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def assert_same_state(a, b):
@@ -66,7 +67,7 @@ def test_an_alrao_run_writes_its_files(reference):
     assert saved == json.loads(json.dumps(summary)) and saved["status"] == "completed"
     best = min(records, key=lambda r: r["valid_loss"])
     assert saved["best_epoch"] == best["epoch"] and saved["test_loss"] == best["test_loss"]
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == best["epoch"]
+    assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == best["epoch"]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +86,7 @@ def test_dry_runs_with_and_without_alrao(tmp_path, argv):
     assert ("posterior" in record) == ("--use_alrao" in argv)
     if "--lr" in argv:
         assert record["lr"] == 0.05
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["args"]["optimizer"] == argv[1]
     assert checkpoint["optimizer"]["param_groups"][0].get("momentum", 0.0) == (0.9 if "--momentum" in argv else 0.0)
 
@@ -113,7 +114,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(reference, tmp_path, mo
     assert exit_info.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted during epoch 2" in err
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"] == 1
     assert strict_json((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(main_cnn, "evaluate", evaluate)
     hint = f"continue with --resume --out_dir {tmp_path}"

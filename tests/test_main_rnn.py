@@ -10,7 +10,8 @@ import data
 import main_rnn
 
 # A small LSTM on 3 segments of 8 tokens per split of the offline corpus.
-TINY = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_size", "4"]
+# --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
+TINY = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_size", "4", "--no-cuda"]
 ALRAO = ["--use_alrao", "--minLR", "-2", "--maxLR", "1", "--n_last_layers", "4"]
 
 
@@ -62,7 +63,7 @@ def test_word_level_dry_runs_report_perplexity(tmp_path, argv):
     assert summary["status"] == "completed" and "train_bpc" not in record
     assert record["valid_ppl"] == pytest.approx(math.exp(record["valid_loss"]))
     assert ("posterior" in record) == ("--use_alrao" in argv)
-    torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
 
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
@@ -71,7 +72,9 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     run(tmp_path / "parts", *argv, "--epochs", "1")
     run(tmp_path / "parts", "--resume", "--epochs", "2")
     assert metrics(tmp_path / "parts") == metrics(tmp_path / "whole")
-    whole, parts = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("whole", "parts"))
+    whole, parts = (
+        torch.load(tmp_path / d / "checkpoint.pt", map_location="cpu", weights_only=True) for d in ("whole", "parts")
+    )
     for key, value in whole["model"].items():
         assert torch.equal(value, parts["model"][key]), key
 
@@ -135,7 +138,11 @@ def test_the_documented_paper_command_turns_alrao_on_with_its_setting(tmp_path):
         20,
     )
     # The same command, on a few segments of the offline corpus, trains 6 copies at the paper's rates.
-    main_rnn.main(main_rnn.build_parser().parse_args([*argv, "--dry_run", "--epochs", "1", "--out_dir", str(tmp_path)]))
+    main_rnn.main(
+        main_rnn.build_parser().parse_args(
+            [*argv, "--dry_run", "--epochs", "1", "--no-cuda", "--out_dir", str(tmp_path)]
+        )
+    )
     (record,) = metrics(tmp_path)
     assert record["classifier_lrs"] == pytest.approx([1e-3, 1e-2, 1e-1, 1, 10, 100], rel=1e-6)
     baseline = main_rnn.build_parser().parse_args(documented_command("python main_rnn.py --char_prediction --bptt"))

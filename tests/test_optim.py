@@ -192,7 +192,7 @@ def test_resume_equals_uninterrupted(cls, kwargs):
     buf = io.BytesIO()
     torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buf)
     buf.seek(0)
-    ckpt = torch.load(buf)
+    ckpt = torch.load(buf, map_location="cpu")
     resumed, resumed_opt = build(1)  # other weights and other feature rates, overwritten by the load
     resumed.load_state_dict(ckpt["model"])
     resumed_opt.load_state_dict(ckpt["optimizer"])

@@ -4,6 +4,7 @@ one seed, one epoch of a few batches), resume, failures, the launchers and the c
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +27,15 @@ from reproduce_lib.protocol import PROFILES, SGD_RATES, TriangleSetting
 
 SHRUNK = ["--profile", "quick", "--models", "LSTM", "--seeds", "0", "--epochs", "1", "--dry_run"]
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runs_on_the_cpu():
+    """Every run these sweeps start gets --no-cuda: the suite runs on the CPU, whatever the machine."""
+    command = launch_module.command
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launch_module, "command", lambda *a, **k: [*command(*a, **k), "--no-cuda"])
+        yield
 
 
 def reproduce_main(tmp, *argv):
@@ -263,6 +273,7 @@ def test_a_terminated_sweep_interrupts_its_runs_which_keep_their_checkpoints(tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # its runs on the CPU, whatever the machine
     )
     first = out / "LSTM" / "pydoc-50ep" / "sgd-lr1e-05" / "seed0"
     deadline = time.monotonic() + 120

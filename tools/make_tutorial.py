@@ -543,7 +543,7 @@ models built from another seed, and both runs train one more epoch: they stay id
         r"""with tempfile.TemporaryDirectory() as directory:
     path = os.path.join(directory, 'checkpoint.pt')
     torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': EPOCHS}, path)
-    checkpoint = torch.load(path)
+    checkpoint = torch.load(path, map_location='cpu')  # a checkpoint written on a GPU opens anywhere
 
 torch.manual_seed(SEED + 1)  # another seed: other weights, other feature rates...
 resumed = alrao.AlraoModel('classification', nn.NLLLoss(), DigitFeatures(out_features=128),
