@@ -53,6 +53,8 @@ class _FeatureLROptimizer(Optimizer):
         if isinstance(model, AlraoModel):
             # The copies keep one rate each whatever the granularity: the ablation is the pre-classifier's.
             rates = sample_feature_lrs(model.preclassifier, min_lr, max_lr, generator, granularity)
+            if isinstance(model.loss_fn, nn.Module):  # a learned variance (alrao.GaussianNLL): trained like a feature
+                rates.update(sample_feature_lrs(model.loss_fn, min_lr, max_lr, generator, granularity))
             self._copy_params = [next(c.parameters(), None) for c in model.classifiers]
             for eta, copy in zip(classifier_lrs(min_lr, max_lr, model.n_classifiers), model.classifiers):
                 for p in copy.parameters():
