@@ -47,7 +47,10 @@ class AlraoModel(nn.Module):
             Copy ``j`` trains on, and the switch scores it by, its own Gaussian
             negative log-likelihood (nats, summed over the output dimensions);
             the pre-classifier trains on the mixture's, which :meth:`loss`
-            returns.
+            returns. The prediction, ``model(x)``, is the mixture's mean under
+            ``log_prediction_weights`` (a buffer, log-probabilities): the switch
+            posterior after the last batch's evidence, in which a copy with huge
+            losses has weight zero (see :meth:`_update_prediction_weights`).
         preclassifier: the network minus its last layer. If it returns a tuple
             ``(x, a, b, ...)``, ``x`` feeds the copies and the model returns
             ``(y, a, b, ...)`` (e.g. an RNN's hidden state).
