@@ -181,3 +181,20 @@ def test_gaussian_nll_on_its_own_is_half_the_squared_error_plus_a_constant():
     prediction, target = torch.randn(7, 3), torch.randn(7, 3)
     expected = 0.5 * ((prediction - target) ** 2).sum(1).mean() + 1.5 * LOG_2PI
     torch.testing.assert_close(alrao.GaussianNLL()(prediction, target), expected)
+
+
+def test_evaluation_without_gradients_and_the_prediction_weights_in_the_state_dict():
+    model = make()
+    x, y = data()
+    step(model, x, y)
+    model.update_switch()
+    model.eval()
+    with torch.no_grad():
+        prediction = model(x)
+        loss = model.loss(prediction, y)
+    assert torch.isfinite(loss) and model.last_copy_losses.shape == (N,)
+    restored = make()
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(restored.log_prediction_weights, model.log_prediction_weights)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(x), prediction)
