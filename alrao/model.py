@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .copies import evaluate_copies, known_all_finite
+from .likelihood import GaussianNLL, copy_log_likelihoods, mixture_mean
 from .switch import Switch
 
 TASKS = ("classification", "regression")
@@ -34,12 +35,22 @@ class AlraoModel(nn.Module):
     Args:
         task: ``'classification'`` (copies return log-probabilities, the model
             returns the posterior-weighted mixture, in log space) or
-            ``'regression'`` (the model returns the posterior-weighted mean of
-            the copies' predictions).
-        loss: the loss of one prediction, reduced to a scalar mean over the
-            batch, e.g. ``nn.NLLLoss()``. The switch reads each copy's loss as a
-            negative log-likelihood in nats (for regression, use a Gaussian
-            negative log-likelihood or a loss that is one).
+            ``'regression'`` (copy ``j`` predicts the mean ``mu_j`` of a Gaussian
+            ``N(mu_j, variance)``; the model is the posterior-weighted mixture of
+            these Gaussians and returns its mean; see ``alrao/likelihood.py``).
+        loss: classification: the loss of one prediction, a negative
+            log-likelihood in nats reduced to a scalar mean over the batch, e.g.
+            ``nn.NLLLoss()`` (the switch reads each copy's loss as one).
+            Regression: an :class:`alrao.GaussianNLL` (its variance, fixed or
+            learned) or ``None`` for unit variance; no other loss, since the
+            mixture needs each copy's likelihood, not a loss of the average.
+            Copy ``j`` trains on, and the switch scores it by, its own Gaussian
+            negative log-likelihood (nats, summed over the output dimensions);
+            the pre-classifier trains on the mixture's, which :meth:`loss`
+            returns. The prediction, ``model(x)``, is the mixture's mean under
+            ``log_prediction_weights`` (a buffer, log-probabilities): the switch
+            posterior after the last batch's evidence, in which a copy with huge
+            losses has weight zero (see :meth:`_update_prediction_weights`).
         preclassifier: the network minus its last layer. If it returns a tuple
             ``(x, a, b, ...)``, ``x`` feeds the copies and the model returns
             ``(y, a, b, ...)`` (e.g. an RNN's hidden state).
@@ -69,6 +80,18 @@ class AlraoModel(nn.Module):
         if not isinstance(preclassifier, nn.Module):
             raise TypeError(f"preclassifier must be an nn.Module, got {type(preclassifier).__name__}")
         self.task = task
+        if task == "regression":
+            if loss is None:
+                loss = GaussianNLL()
+            if not isinstance(loss, GaussianNLL):
+                raise TypeError(
+                    "AlraoModel('regression', loss, ...): loss must be alrao.GaussianNLL(variance=..., "
+                    "learn_variance=...) or None (unit variance), got "
+                    f"{type(loss).__name__}: the copies are Gaussians averaged as a mixture"
+                )
+            # The prediction's weights: the switch posterior after the last batch's evidence,
+            # before the switching prior spreads mass again (see update_switch).
+            self.register_buffer("log_prediction_weights", torch.full((n_classifiers,), -math.log(n_classifiers)))
         self.loss_fn = loss
         self.preclassifier = preclassifier
         self.classifiers = nn.ModuleList(classifier_cls(*args, **kwargs) for _ in range(n_classifiers))
@@ -89,6 +112,7 @@ class AlraoModel(nn.Module):
         self.last_copy_outputs = None  # (N, ...) outputs of the copies on the last batch
         self.last_copy_losses = None  # (N,) their losses, set by loss()
         self._last_finite = None
+        self._last_means = None  # regression: the copies' outputs on the mixture's path
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
@@ -99,20 +123,22 @@ class AlraoModel(nn.Module):
         self._check_finite(out)
         y_mix, y_own, finite = evaluate_copies(list(self.classifiers), out)
         self.last_copy_outputs, self._last_finite, self.last_copy_losses = y_own, finite, None
-        y = self._average(y_mix, finite)
+        if self.task == "regression":
+            self._last_means = y_mix
+            y = mixture_mean(y_mix, self.log_prediction_weights, finite)
+        else:
+            y = self._average(y_mix, finite)
         return (y, *rest) if rest is not None else y
 
     def _average(self, y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        """Posterior-weighted average of the copies, renormalised over the finite ones."""
+        """``log sum_j posterior_j * exp(y_j)`` over the copies (dim 0), in log space, the posterior
+        renormalised over the finite ones: the averaged model's log-probabilities from the copies'
+        (classification), or its log-likelihoods from the copies' (regression)."""
         shape = (self.n_classifiers,) + (1,) * (y.dim() - 1)
         neg_inf = torch.full((), -math.inf, dtype=y.dtype, device=y.device)
         log_post = torch.where(finite, self.switch.log_posterior.to(y.dtype), neg_inf)
         log_post = (log_post - torch.logsumexp(log_post, dim=0)).reshape(shape)
-        finite = finite.reshape(shape)
-        if self.task == "classification":
-            # log sum_j p_j(y|x) * posterior_j, computed in log space.
-            return _LogMixture.apply(y, log_post, finite)
-        return (torch.where(finite, y, torch.zeros((), dtype=y.dtype, device=y.device)) * log_post.exp()).sum(0)
+        return _LogMixture.apply(y, log_post, finite.reshape(shape))
 
     def _check_finite(self, out: torch.Tensor) -> None:
         bad = ~torch.isfinite(out.detach()).all()
@@ -134,7 +160,7 @@ class AlraoModel(nn.Module):
         # copied or pickled; a copy of the model starts without them.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
-        state.update(last_copy_outputs=None, last_copy_losses=None, _last_finite=None)
+        state.update(last_copy_outputs=None, last_copy_losses=None, _last_finite=None, _last_means=None)
         return state
 
     # --------------------------------------------------------------------- loss
@@ -147,8 +173,11 @@ class AlraoModel(nn.Module):
         """
         if self.last_copy_outputs is None:
             raise RuntimeError("AlraoModel.loss: call the model's forward on this batch first")
-        mixed = self.loss_fn(output, target)
-        own = self._copy_losses(self.last_copy_outputs, target)
+        if self.task == "regression":
+            mixed, own = self._regression_losses(target)
+        else:
+            mixed = self.loss_fn(output, target)
+            own = self._copy_losses(self.last_copy_outputs, target)
         if mixed.dim() != 0 or own.dim() != 1:
             raise ValueError("AlraoModel: the loss must reduce to a scalar (use reduction='mean')")
         self.last_copy_losses = own.detach()
@@ -156,6 +185,25 @@ class AlraoModel(nn.Module):
         own = torch.where(ok, own, torch.zeros((), dtype=own.dtype, device=own.device)).sum()
         # Adds the copies' own losses to the graph without changing the value.
         return mixed + (own - own.detach())
+
+    def _regression_losses(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mixture NLL, (N,) copies' NLLs)`` of the last forward's copies on ``target``, in nats
+        per example (summed over the output dimensions, averaged over the rest).
+
+        The mixture reads the copies' outputs on the pre-classifier's path and trains the
+        pre-classifier (and a learned variance); each copy's own NLL reads them on the copies'
+        path, with the variance held fixed, and trains that copy."""
+        means, n = self._last_means, self.n_classifiers
+        if target.shape != means.shape[1:]:
+            raise ValueError(
+                f"AlraoModel.loss: the regression target has shape {tuple(target.shape)}, the prediction "
+                f"{tuple(means.shape[1:])}: they must be equal"
+            )
+        target = target.to(means.dtype)
+        finite = self._last_finite
+        mixed = -self._average(copy_log_likelihoods(self.loss_fn, means, target, finite), finite).mean()
+        own = copy_log_likelihoods(self.loss_fn, self.last_copy_outputs, target, finite, detach_variance=True)
+        return mixed, -own.reshape(n, -1).mean(dim=1)
 
     def _copy_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each copy's loss, shape ``(N,)``: one gather for a plain ``nn.NLLLoss``
@@ -179,6 +227,8 @@ class AlraoModel(nn.Module):
         """Update the switch posterior with the per-copy losses of the last :meth:`loss` call."""
         if self.last_copy_losses is None:
             raise RuntimeError("AlraoModel.update_switch: call model.loss(output, target) on this batch first")
+        if self.task == "regression":
+            self._update_prediction_weights(self.last_copy_losses)
         self.switch.update(self.last_copy_losses)
         self.last_copy_losses = None
         self._updates_since_check += 1
@@ -186,6 +236,21 @@ class AlraoModel(nn.Module):
             self._updates_since_check = 0
             if self._nonfinite_seen:
                 self._raise_nonfinite()
+
+    @torch.no_grad()
+    def _update_prediction_weights(self, losses: torch.Tensor) -> None:
+        """The regression prediction's weights: the switch posterior times each copy's likelihood
+        on this batch, before the switch's prior moves some mass to every copy again (about
+        ``1 / (t N)`` each). A copy whose loss is huge keeps that prior mass in the switch
+        posterior, which the mixture's likelihood shrugs off but a mean of huge outputs would not:
+        here its weight is exactly zero until its losses are good again."""
+        losses = losses.detach().to(self.switch.logw.dtype)
+        finite = torch.isfinite(losses)
+        losses = torch.where(finite, losses, torch.full_like(losses, math.inf))
+        losses = losses - losses.min()  # invariant shift: keeps float32 exact for huge losses
+        log_w = torch.logsumexp(self.switch.logw - losses, dim=0)
+        log_w = log_w - torch.logsumexp(log_w, dim=0)
+        self.log_prediction_weights.copy_(torch.where(finite.any(), log_w, self.log_prediction_weights))
 
     def posterior(self) -> torch.Tensor:
         """Switch posterior over the copies, shape ``(n_classifiers,)``, summing to 1."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .lr_sampling import check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
+from .lr_sampling import check_granularity, check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
 from .model import AlraoModel, classifier_lrs
 from .relative import relative_param_groups
 
@@ -34,7 +34,13 @@ class _FeatureLROptimizer(Optimizer):
     """Shared part of the Alrao optimizers: building the groups and the feature rates."""
 
     def __init__(
-        self, model: nn.Module, min_lr: float, max_lr: float, defaults: dict, generator: torch.Generator | None
+        self,
+        model: nn.Module,
+        min_lr: float,
+        max_lr: float,
+        defaults: dict,
+        generator: torch.Generator | None,
+        granularity: str = "feature",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -42,18 +48,22 @@ class _FeatureLROptimizer(Optimizer):
                 f"not {type(model).__name__}: feature learning rates are defined by its layers"
             )
         check_lr_interval(min_lr, max_lr)
+        check_granularity(granularity)
         self._generator = generator
         if isinstance(model, AlraoModel):
-            rates = sample_feature_lrs(model.preclassifier, min_lr, max_lr, generator)
+            # The copies keep one rate each whatever the granularity: the ablation is the pre-classifier's.
+            rates = sample_feature_lrs(model.preclassifier, min_lr, max_lr, generator, granularity)
+            if isinstance(model.loss_fn, nn.Module):  # a learned variance (alrao.GaussianNLL): trained like a feature
+                rates.update(sample_feature_lrs(model.loss_fn, min_lr, max_lr, generator, granularity))
             self._copy_params = [next(c.parameters(), None) for c in model.classifiers]
             for eta, copy in zip(classifier_lrs(min_lr, max_lr, model.n_classifiers), model.classifiers):
                 for p in copy.parameters():
                     rates.setdefault(p, torch.tensor(eta, dtype=p.dtype, device=p.device))
         else:
-            rates = sample_feature_lrs(model, min_lr, max_lr, generator)
+            rates = sample_feature_lrs(model, min_lr, max_lr, generator, granularity)
             self._copy_params = []
         self._pending_rates = rates
-        defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, **defaults)
+        defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, granularity=granularity, **defaults)
         super().__init__(relative_param_groups(model, lr=1.0, weight_decay=defaults["weight_decay"]), defaults)
         del self._pending_rates
 
@@ -71,7 +81,10 @@ class _FeatureLROptimizer(Optimizer):
                 rate = pending[p]
             else:
                 draw = draw or log_uniform_sampler(group["min_lr"], group["max_lr"], self._generator)
-                rate = fallback_lrs(p, draw).to(device=p.device, dtype=p.dtype)
+                per_weight = group.get("granularity") == "weight"
+                rate = (draw(p.numel()).reshape(p.shape) if per_weight else fallback_lrs(p, draw)).to(
+                    device=p.device, dtype=p.dtype
+                )
                 warnings.warn(
                     f"{type(self).__name__}: parameter of shape {tuple(p.shape)} added without a "
                     "module; it gets one learning rate per slice along dim 0",
@@ -115,6 +128,9 @@ class AlraoSGD(_FeatureLROptimizer):
             per feature; this is not it.)
         foreach: multi-tensor implementation (default) or per-parameter loop.
         generator: ``torch.Generator`` for the feature rates (reproducibility).
+        granularity: ``'feature'`` (the paper's Alrao) or ``'weight'``: one rate per
+            weight of the pre-classifier, the paper's ablation (see
+            :func:`alrao.sample_feature_lrs`); the copies keep one rate each.
 
     Relative rates and weight decay marked with :func:`alrao.relative_lr` /
     :func:`alrao.relative_weight_decay` become group multipliers.
@@ -133,6 +149,7 @@ class AlraoSGD(_FeatureLROptimizer):
         maximize: bool = False,
         foreach: bool = True,
         generator: torch.Generator | None = None,
+        granularity: str = "feature",
     ):
         _check("momentum", momentum, momentum >= 0.0, ">= 0")
         _check("dampening", dampening, 0.0 <= dampening <= 1.0, "in [0, 1]")
@@ -147,7 +164,7 @@ class AlraoSGD(_FeatureLROptimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(model, min_lr, max_lr, defaults, generator)
+        super().__init__(model, min_lr, max_lr, defaults, generator, granularity)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -222,7 +239,7 @@ class AlraoAdam(_FeatureLROptimizer):
     scaled by that feature's learning rate (instead of one global ``lr``).
 
     Args:
-        model, min_lr, max_lr, foreach, generator: as in :class:`AlraoSGD`.
+        model, min_lr, max_lr, foreach, generator, granularity: as in :class:`AlraoSGD`.
         betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.Adam``
             (weight decay is the L2 penalty added to the gradient, like torch's
             Adam; the authors' Alrao-Adam silently dropped it, and momentum).
@@ -241,6 +258,7 @@ class AlraoAdam(_FeatureLROptimizer):
         maximize: bool = False,
         foreach: bool = True,
         generator: torch.Generator | None = None,
+        granularity: str = "feature",
     ):
         _check("betas", betas, len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas), "two numbers in [0, 1)")
         _check("eps", eps, eps >= 0.0, ">= 0")
@@ -248,7 +266,7 @@ class AlraoAdam(_FeatureLROptimizer):
         defaults = dict(
             betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, foreach=foreach
         )
-        super().__init__(model, min_lr, max_lr, defaults, generator)
+        super().__init__(model, min_lr, max_lr, defaults, generator, granularity)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -35,6 +35,8 @@ RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_work
 # Alrao's interval ends are log10 of learning rates: a value that can only be a rate typed as
 # such (0 < x < 1, e.g. 1e-5) or a rate above 10**MAX_LR_LOG10 is refused (see _check_log10).
 MAX_LR_LOG10 = 3
+# alrao.lr_sampling.GRANULARITIES, spelled out so that --help needs no torch (a test keeps them equal)
+GRANULARITIES = ("feature", "weight")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -250,6 +252,13 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         default=None,
         help=f"number of classifier copies (default: {defaults.n_classifiers})",
     )
+    alrao_group.add_argument(
+        "--lr_granularity",
+        choices=list(GRANULARITIES),
+        default=None,
+        help="feature: one random learning rate per feature (the paper's Alrao; default with --use_alrao); "
+        "weight: one per weight of the pre-classifier (the paper's ablation, much worse for a large max_lr)",
+    )
 
     run = groups["run"]
     run.add_argument(
@@ -344,6 +353,8 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         for flag in ("minLR", "maxLR", "n_last_layers"):
             if getattr(args, flag) is not None:
                 return f"--{flag} {getattr(args, flag):g} is used only with --use_alrao"
+        if args.lr_granularity is not None:
+            return f"--lr_granularity {args.lr_granularity} is used only with --use_alrao"
         if args.lr is None:
             args.lr = OPTIMIZERS[args.optimizer].default_lr
         return None
@@ -358,6 +369,8 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         args.maxLR = defaults.max_lr_log10
     if args.n_last_layers is None:
         args.n_last_layers = defaults.n_classifiers
+    if args.lr_granularity is None:
+        args.lr_granularity = GRANULARITIES[0]
     if args.minLR > args.maxLR:
         return (
             f"--minLR {args.minLR:g} is above --maxLR {args.maxLR:g}: they are log10 of the "

@@ -113,6 +113,7 @@ def test_defaults_are_resolved_from_the_other_flags():
     alr = parse("--use_alrao")
     assert (alr.lr, alr.minLR, alr.maxLR, alr.n_last_layers) == (None, -5, 1, 4)
     assert parse("--use_alrao", "--minLR", "-2", "--maxLR", "-2").minLR == -2  # one rate: plain SGD
+    assert (plain.lr_granularity, alr.lr_granularity) == (None, "feature")
     assert (plain.epochs, plain.patience, plain.early_stopping, plain.momentum, plain.seed) == (50, 20, True, 0.0, 0)
     stopless = parse("--no-early_stopping")
     assert stopless.early_stopping is False and stopless.patience is None
@@ -129,6 +130,8 @@ def test_defaults_are_resolved_from_the_other_flags():
         (["--lr", "-0.1"], "argument --lr: expected a number > 0, got -0.1"),
         (["--minLR", "-3"], "--minLR -3 is used only with --use_alrao"),
         (["--n_last_layers", "6"], "--n_last_layers 6 is used only with --use_alrao"),
+        (["--lr_granularity", "weight"], "--lr_granularity weight is used only with --use_alrao"),
+        (["--use_alrao", "--lr_granularity", "neuron"], "invalid choice: 'neuron'"),
         (["--use_alrao", "--lr", "0.1"], "--lr 0.1 is the plain optimizer's learning rate"),
         (["--optimizer", "Adam", "--momentum", "0.9"], "--momentum 0.9 is not used by --optimizer Adam"),
         (["--optimizer", "RMSprop"], "invalid choice: 'RMSprop'"),
@@ -526,3 +529,22 @@ def test_an_interrupt_in_the_first_epoch_says_so(tmp_path, capsys):
     assert "no epoch with a finite validation loss" not in out
     summary = strict_json((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["epochs_completed"]) == ("interrupted", 0)
+
+
+def test_lr_granularity_reaches_the_alrao_optimizer():
+    """``--lr_granularity weight``: one rate per weight of the pre-classifier (full shape), the
+    copies unchanged; the flag's choices are the library's."""
+    import alrao.lr_sampling
+    from experiment.flags import GRANULARITIES
+
+    assert GRANULARITIES == alrao.lr_sampling.GRANULARITIES
+    pre = nn.Sequential(nn.Linear(3, 4))
+    model = alrao.AlraoModel("classification", nn.NLLLoss(), pre, 2, alrao.LinearClassifier, 4, 2)
+    for optimizer in ("SGD", "Adam"):
+        args = parse("--use_alrao", "--optimizer", optimizer, "--lr_granularity", "weight")
+        built = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
+        rates = built.feature_lrs()
+        assert rates[model.preclassifier[0].weight].shape == (4, 3)
+        assert rates[model.classifiers[0].fc.weight].dim() == 0
+        feature = experiment.build_optimizer(model, parse("--use_alrao", "--optimizer", optimizer))
+        assert feature.feature_lrs()[model.preclassifier[0].weight].shape == (4, 1)

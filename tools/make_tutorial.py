@@ -433,23 +433,25 @@ print(f"GRU weight_ih_l0 {tuple(gru.weight_ih_l0.shape)}: rates of shape "
         "markdown",
         r"""## 6. Regression
 
-With `task='regression'` the copies predict real vectors (`alrao.LinearRegressor(in_features,
-out_features)` is a linear layer) and the model's prediction is their posterior-weighted mean. The
-switch weighs each copy by $e^{-\text{loss}}$, so the loss must be a negative log-likelihood in nats:
-the squared error is one only up to a scale and a constant, and the scale matters. Below, a Gaussian
-negative log-likelihood with a fixed standard deviation $\sigma$, the noise level of the synthetic
-data (when it is unknown, $\sigma$ can be estimated from the residuals of a first fit).
+With `task='regression'` each copy predicts the mean $\mu_j(x)$ of a Gaussian
+$\mathcal N(\mu_j(x), \sigma^2)$ (`alrao.LinearRegressor(in_features, out_features)` is a linear
+layer), and the model is their mixture $\sum_j a_j \mathcal N(\mu_j(x), \sigma^2)$, as in
+classification the average of the copies' predicted distributions. The loss is
+`alrao.GaussianNLL(variance)`, the Gaussian negative log-likelihood in nats (summed over the output
+dimensions; `None` means unit variance; `learn_variance=True` learns it): copy $j$ trains on, and the
+switch scores it by, its own; the pre-classifier trains on the mixture's, the value `model.loss`
+returns. The prediction, `model(x)`, is the mixture's mean. Below, $\sigma$ is the noise level of
+the synthetic data (when it is unknown, learn it or estimate it from the residuals of a first fit).
 
-Two differences from classification set the interval $[10^{-6}, 10^{-3}]$ below. The loss divides
-the squared error by $\sigma^2 = 0.01$, which multiplies the gradients by 100, so good rates are 100
-times smaller than for half the squared error. And the interval must stop below the rates at which
-the last layer diverges: a diverged copy predicts huge but finite numbers, and the posterior-weighted
-mean, unlike a mixture of probabilities, does not shrink them enough however small that copy's
-posterior weight.""",
+The interval is the paper's, $[10^{-5}, 10]$. The copies with the largest rates diverge to huge
+outputs: their likelihood, computed in log space, is zero, so they send no gradient to the
+pre-classifier and get no share of the prediction, which comes from the posterior weights after
+each batch's evidence (the switch itself still moves a little mass back to every copy, in case one
+recovers).""",
     ),
     (
         "code",
-        r'''NOISE = 0.1  # standard deviation of the targets' noise
+        r"""NOISE = 0.1  # standard deviation of the targets' noise
 
 
 def target_function(x):
@@ -459,28 +461,16 @@ def target_function(x):
 generator = torch.Generator().manual_seed(SEED)
 x_all = torch.rand(768, 1, generator=generator) * 4 - 2
 y_all = target_function(x_all) + NOISE * torch.randn(768, 1, generator=generator)
-x_train, y_train, x_test, y_test = x_all[:512], y_all[:512], x_all[512:], y_all[512:]
-
-
-class GaussianNLL(nn.Module):
-    """Negative log-likelihood of the targets under N(prediction, sigma^2), in nats per example."""
-
-    def __init__(self, sigma):
-        super().__init__()
-        self.sigma = sigma
-
-    def forward(self, prediction, target):
-        z = (target - prediction) / self.sigma
-        return (0.5 * z ** 2 + math.log(self.sigma) + 0.5 * math.log(2 * math.pi)).sum(dim=-1).mean()''',
+x_train, y_train, x_test, y_test = x_all[:512], y_all[:512], x_all[512:], y_all[512:]""",
     ),
     (
         "code",
         r"""torch.manual_seed(SEED)
 body = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
-regressor = alrao.AlraoModel('regression', GaussianNLL(NOISE), body,
+regressor = alrao.AlraoModel('regression', alrao.GaussianNLL(variance=NOISE ** 2), body,
                              6,                             # copies
                              alrao.LinearRegressor, 64, 1)  # each copy: LinearRegressor(64, 1)
-regressor_optimizer = alrao.AlraoSGD(regressor, min_lr=1e-6, max_lr=1e-3)
+regressor_optimizer = alrao.AlraoSGD(regressor, min_lr=1e-5, max_lr=10.0)
 
 for epoch in range(REGRESSION_EPOCHS):
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(epoch))
@@ -500,8 +490,11 @@ with torch.no_grad():
 best_nll = 0.5 + math.log(NOISE) + 0.5 * math.log(2 * math.pi)  # expected NLL of the true function
 print(f"test NLL {test_nll:.3f} nats (the true function: {best_nll:.3f}); "
       f"test squared error {test_mse:.4f} (noise variance: {NOISE ** 2:.4f})")
-copies = zip(regressor_optimizer.classifier_lrs(), regressor.posterior().tolist())
-print("posterior:", ", ".join(f"lr {lr:.1e}: {weight:.3f}" for lr, weight in copies))
+copies = zip(regressor_optimizer.classifier_lrs(), regressor.posterior().tolist(),
+             regressor.log_prediction_weights.exp().tolist(), regressor.last_copy_outputs.abs().amax(dim=(1, 2)))
+for lr, weight, share, largest in copies:
+    print(f"copy lr {lr:.1e}: posterior {weight:.3f}, share of the prediction {share:.3f}, "
+          f"largest |output| {largest:.1e}")
 
 fig, ax = plt.subplots(figsize=(8, 4))
 ax.scatter(x_train.squeeze(1), y_train.squeeze(1), s=6, color='lightgray', label='training data')
