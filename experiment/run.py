@@ -172,11 +172,9 @@ class Run:
         if checkpoint["script"] != self.prog:
             raise UsageError(f"--resume: {self.out_dir} holds a run of {checkpoint['script']}, not {self.prog}")
         saved, current = checkpoint["args"], vars(self.args)
-        differ = [
-            k
-            for k in sorted(set(saved) | set(current))
-            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
-        ]
+        # A flag added after the run was trained is absent from its checkpoint; its default keeps the
+        # earlier behaviour, and a typed value for it was already checked against config.json.
+        differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != current.get(k, "<absent>")]
         if differ:
             changes = ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
             raise UsageError(

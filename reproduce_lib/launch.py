@@ -81,11 +81,9 @@ def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
         return None
     saved = json.loads(config_path.read_text()).get("args", {})
     wanted = vars(parse_flags(run, run_dir))
-    differ = [
-        k
-        for k in sorted(set(saved) | set(wanted))
-        if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")
-    ]
+    # A flag absent from the saved config was added after that run was trained: the run had the
+    # behaviour of its default, which is what a run folder named after the same computation wants.
+    differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != wanted.get(k, "<absent>")]
     if not differ:
         return None
     return (
