@@ -100,7 +100,7 @@ def test_gradients_are_routed_as_in_the_paper(cls):
 
 
 @pytest.mark.parametrize("diverged", [False, True], ids=["finite", "one-diverged"])
-def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverged):
+def test_the_accelerator_path_with_masks_equals_the_cpu_path(diverged):
     """On CPU the diverged-copy masks are skipped when every copy is finite; accelerators always
     apply them (no host sync). Forcing the masks here must not change any value or gradient."""
 
@@ -115,9 +115,8 @@ def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverg
         return [loss] + [p.grad.clone() for p in m.parameters()]
 
     fast = step()
-    for module in (alrao.copies, alrao.model):
-        monkeypatch.setattr(module, "known_all_finite", lambda finite: False)
-    masked = step()
+    with alrao.accelerator_path():
+        masked = step()
     for a, b in zip(fast, masked):
         assert torch.equal(a, b)
     assert all(torch.isfinite(g).all() for g in fast)
@@ -225,17 +224,19 @@ def test_non_finite_preclassifier_output_raises():
         m(batch()[0])
 
 
-def test_deferred_finite_check_raises_at_update_switch():
+def test_deferred_finite_check_raises_at_update_switch_and_is_cleared():
     m = make()
-    m.defer_finite_check, m.check_every = True, 2
+    m.check_every = 2
     x, y = batch()
     with torch.no_grad():
         m.preclassifier.body[0].bias.fill_(float("nan"))
-    m.loss(m(x), y)
-    m.update_switch()  # first update: flag set, not read yet
-    m.loss(m(x), y)
-    with pytest.raises(FloatingPointError, match="pre-classifier"):
-        m.update_switch()
+    with alrao.accelerator_path():
+        m.loss(m(x), y)
+        m.update_switch()  # first update: flag set, not read yet
+        m.loss(m(x), y)
+        with pytest.raises(FloatingPointError, match="pre-classifier"):
+            m.update_switch()
+        m.check()  # raised once, then cleared
 
 
 def test_regression_is_posterior_weighted_mean():
