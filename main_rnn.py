@@ -137,6 +137,8 @@ def evaluate(model, source, bptt: int) -> dict:
             inputs, targets = data.get_batch(source, start, bptt)
             output, hidden = model(inputs, hidden)
             meter.add(F.nll_loss(output, targets), output, targets)
+        if isinstance(model, alrao.AlraoModel):
+            model.check()  # the accelerator path's deferred divergence check: same score on every device
     except FloatingPointError:  # a diverged network: no prediction to score
         return {"loss": math.nan, "acc": math.nan}
     return meter.means()

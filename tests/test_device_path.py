@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 import alrao
+import main_cnn
+import main_rnn
+from models.rnn import RNNModel
 
 HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy", "nonzero")
 
@@ -110,3 +113,22 @@ def test_forward_and_loss_compile_with_fullgraph_and_equal_eager():
     torch.testing.assert_close(model.last_copy_losses, eager_copy_losses)
     model.update_switch()  # the compiled loss left the copies' losses for the switch
     assert int(model.switch.t) == 2
+
+
+@pytest.mark.parametrize("accelerator", [False, True], ids=["host-path", "accelerator-path"])
+def test_a_diverged_network_is_scored_the_same_on_every_path(accelerator):
+    model = make_model()
+    with torch.no_grad():
+        model.preclassifier[1].bias.fill_(float("nan"))
+    loader = batches(2)
+    torch.manual_seed(0)
+    lstm = alrao.AlraoModel("classification", nn.NLLLoss(), RNNModel(7, 4, 5, 1), 2, alrao.LinearClassifierRNN, 5, 7)
+    with torch.no_grad():
+        lstm.preclassifier.rnn.bias_ih_l0.fill_(float("nan"))
+    text = torch.randint(0, 7, (9, 2), generator=torch.Generator().manual_seed(0))
+    with alrao.accelerator_path(accelerator):
+        scores = [main_cnn.evaluate(model, loader, "cpu"), main_rnn.evaluate(lstm, text, 4)]
+        for score in scores:
+            assert set(score) == {"loss", "acc"} and all(v != v for v in score.values()), score  # both NaN
+        model.check()  # the deferred flag was cleared when it raised
+        lstm.check()
