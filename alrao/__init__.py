@@ -7,6 +7,7 @@ learning rates, averaged by the switch. See README.md for the training loop.
 """
 
 from .alig import AliG
+from .device_path import accelerator_path, on_accelerator_path
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 from .likelihood import GaussianNLL
 from .lr_sampling import register_feature_rule, sample_feature_lrs
@@ -36,4 +37,6 @@ __all__ = [
     "plot_lr_scan",
     "LRScanResult",
     "AliG",
+    "accelerator_path",
+    "on_accelerator_path",
 ]

@@ -10,6 +10,14 @@ so every ``torch.optim.lr_scheduler`` scales all the rates unchanged.
 
 With ``min_lr == max_lr == c`` both optimizers equal ``torch.optim.SGD`` /
 ``torch.optim.Adam`` at ``lr=c`` with the same options (to float rounding).
+
+Either order works: an optimizer built before ``model.to(device)`` (or a dtype
+change) moves the feature rates to their parameter's device and dtype at its
+first step, as torch's optimizers create their state lazily.
+
+Built on an :class:`alrao.AlraoModel`, the optimizer tells the model after
+each step it takes (a Python call, no device read), so that a step skipped by
+a ``torch.amp.GradScaler`` also skips the switch update (see ``alrao/model.py``).
 """
 
 import math
@@ -66,6 +74,27 @@ class _FeatureLROptimizer(Optimizer):
         defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, granularity=granularity, **defaults)
         super().__init__(relative_param_groups(model, lr=1.0, weight_decay=defaults["weight_decay"]), defaults)
         del self._pending_rates
+        self._alrao_model = model if isinstance(model, AlraoModel) else None
+        if self._alrao_model is not None:
+            model._attach_optimizer(self)
+
+    def _feature_lrs_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The feature rates of ``params``, moved (once, in the state) to each parameter's device
+        and dtype if the model was moved after the optimizer was built."""
+        rates = []
+        for p in params:
+            state = self.state[p]
+            rate = state["feature_lr"]
+            if rate.device != p.device or rate.dtype != p.dtype:
+                rate = state["feature_lr"] = rate.to(device=p.device, dtype=p.dtype)
+            rates.append(rate)
+        return rates
+
+    def _stepped(self) -> None:
+        # Not reached when a GradScaler skips the step: it does not call step() then.
+        model = getattr(self, "_alrao_model", None)  # absent on an unpickled optimizer
+        if model is not None:
+            model._optimizer_stepped()
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; parameters that did not come with the model get fallback
@@ -178,7 +207,7 @@ class AlraoSGD(_FeatureLROptimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            lrs = [self.state[p]["feature_lr"] for p in params]
+            lrs = self._feature_lrs_of(params)
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             kwargs = dict(
                 lr=group["lr"],
@@ -193,6 +222,7 @@ class AlraoSGD(_FeatureLROptimizer):
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
+        self._stepped()
         return loss
 
 
@@ -279,6 +309,7 @@ class AlraoAdam(_FeatureLROptimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            self._feature_lrs_of(params)
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
@@ -301,6 +332,7 @@ class AlraoAdam(_FeatureLROptimizer):
                 amsgrad=group["amsgrad"],
                 maximize=group["maximize"],
             )
+        self._stepped()
         return loss
 
 
