@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .copies import evaluate_copies, known_all_finite
+from .distributed import average_copy_losses
 from .switch import Switch
 
 TASKS = ("classification", "regression")
@@ -175,11 +176,13 @@ class AlraoModel(nn.Module):
             return -torch.where(valid, picked, zero).sum(dim=1) / valid.sum()
         return torch.stack([fn(y, target) for y in outputs.unbind(0)])
 
-    def update_switch(self) -> None:
-        """Update the switch posterior with the per-copy losses of the last :meth:`loss` call."""
+    def update_switch(self, process_group=None) -> None:
+        """Update the switch posterior with the per-copy losses of the last :meth:`loss` call;
+        under ``torch.distributed``, averaged over the ranks of ``process_group`` (default: the
+        world) first, so every rank holds the same posterior (see ``alrao/distributed.py``)."""
         if self.last_copy_losses is None:
             raise RuntimeError("AlraoModel.update_switch: call model.loss(output, target) on this batch first")
-        self.switch.update(self.last_copy_losses)
+        self.switch.update(average_copy_losses(self.last_copy_losses, process_group))
         self.last_copy_losses = None
         self._updates_since_check += 1
         if self._updates_since_check >= self.check_every:
