@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from ddp_pool import Pool, free_port, loopback_env
+from test_readme import python_blocks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -180,3 +181,21 @@ def test_lost_rank_stops_the_other(how, tmp_path):
     assert procs[0].returncode != 0, out + err
     assert "finished" not in out
     assert "Error" in err
+
+
+def readme_snippet(code: str):
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    return model.posterior(), {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_readme_ddp_snippet_runs(pool):
+    blocks = python_blocks("Mixed precision, compile, several GPUs")
+    snippet = [b for b in blocks if "DistributedDataParallel" in b]
+    assert len(snippet) == 1
+    (post0, state0), (post1, state1) = pool.values(readme_snippet, snippet[0])
+    assert torch.equal(post0, post1)
+    assert not torch.allclose(post0, torch.full_like(post0, 0.1), atol=1e-3)
+    for name, value in state0.items():
+        assert torch.equal(value, state1[name]), name
