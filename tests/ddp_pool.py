@@ -45,7 +45,7 @@ def _serve(rank, world, port, tasks, results, path):
         fn, args = task
         try:
             results.put((rank, True, fn(*args)))
-        except Exception as e:  # sent back to the test, which asserts on it
+        except BaseException as e:  # sent back to the test (SystemExit too), which asserts on it
             results.put((rank, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     dist.destroy_process_group()
 
