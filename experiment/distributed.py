@@ -39,6 +39,9 @@ from .runtime import choose_device
 
 # Signals received (SIGINT, SIGTERM) since the last sum over the ranks: ranks stop together.
 _pending = {signal.SIGINT: 0, signal.SIGTERM: 0}
+# Optimizers whose step reads the loss itself (each rank's own shard's), not only the averaged
+# gradients: their ranks would part.
+LOCAL_LOSS_OPTIMIZERS = frozenset({"AliG"})
 _RESEED = 3  # stream of derive_seed for the per-epoch generators (data/loaders.py uses 0..2)
 
 
@@ -198,6 +201,11 @@ class Ranks:
         :class:`Follower` elsewhere with several."""
         if self.world == 1:
             return Run(args, prog, name, device)
+        if args.optimizer in LOCAL_LOSS_OPTIMIZERS:
+            raise UsageError(
+                f"--optimizer {args.optimizer} steps by the mini-batch loss, which differs between the "
+                f"{self.world} processes: run it in one process"
+            )
         return Leader(self, args, prog, name, device) if self.is_main else Follower(self, args)
 
     def _broadcast(self, obj):

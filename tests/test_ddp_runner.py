@@ -5,12 +5,15 @@ the checkpoint kept, and the resumed run continues exactly as an uninterrupted o
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-from ddp_pool import Pool
+from ddp_pool import Pool, free_port, loopback_env
 
+import data
 import experiment
 
 CNN = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "8", "--use_alrao"]
@@ -150,3 +153,56 @@ def test_uneven_streams_are_refused(pool, tmp_path):
     argv = [*RNN, "--batch_size", "5", "--out_dir", str(tmp_path / "odd")]
     for ok, text in pool.run(main, "rnn", argv):
         assert not ok and text.startswith("SystemExit: 2")
+
+
+def test_aligs_local_loss_is_refused(pool, tmp_path):
+    argv = [*RNN, "--optimizer", "AliG", "--out_dir", str(tmp_path / "alig")]
+    argv.remove("--use_alrao")
+    for ok, text in pool.run(main, "rnn", argv):
+        assert not ok and text.startswith("SystemExit: 2")
+    assert not (tmp_path / "alig").exists()
+
+
+@pytest.mark.parametrize("loader_cls", [data.HostLoader, data.DeviceLoader])
+@pytest.mark.parametrize("train", [True, False])
+def test_loader_shards_split_each_global_batch(loader_cls, train):
+    """Both loader paths (the device path forced on CPU): the ranks' parts of every batch, put
+    together, are the one-process batch; training parts are equal (the remainder left out)."""
+    images = torch.randint(0, 256, (23, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(23)
+    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=train, augment=train, seed=3)
+    if loader_cls is data.DeviceLoader:
+        kw["device"] = "cpu"
+    whole = loader_cls(images, labels, 6, **kw)
+    parts = []
+    for rank in range(2):
+        loader = loader_cls(images, labels, 6, **kw)
+        loader.shard(rank, 2, drop_uneven=train)
+        loader.set_epoch(4)
+        parts.append(list(loader))
+        assert len(loader) == len(parts[-1])
+    whole.set_epoch(4)
+    for i, (x, y) in enumerate(whole):
+        (x0, y0), (x1, y1) = parts[0][i], parts[1][i]
+        if train:
+            assert len(y0) == len(y1) == len(y) // 2
+            x, y = x[: 2 * len(y0)], y[: 2 * len(y0)]
+        assert torch.equal(torch.cat([y0, y1]), y)
+        torch.testing.assert_close(torch.cat([x0, x1]), x)
+
+
+def test_torchrun_two_processes(tmp_path):
+    """The command a user types: torchrun starts the ranks, which join through its environment;
+    rank 0 alone prints."""
+    out_dir = tmp_path / "run"
+    env = dict(os.environ, **loopback_env(), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    command += ["main_rnn.py", *RNN, "--epochs", "1", "--out_dir", str(out_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("completed after 1 epoch") == 1
+    assert done.stdout.count("configuration:") == 1
+    assert "2 processes (gloo)" in done.stdout
+    assert run_files(out_dir) == FILES
