@@ -95,10 +95,12 @@ def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
     )
 
 
-def command(run: RunSpec, run_dir: Path, resume: bool) -> list[str]:
-    """The shell command of ``run``."""
+def command(run: RunSpec, run_dir: Path, resume: bool, processes: int = 1) -> list[str]:
+    """The shell command of ``run``; with ``processes > 1``, one run on that many processes
+    started by torchrun on this machine (one GPU each, or CPU processes without GPUs)."""
+    start = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     return [
-        sys.executable,
+        *(start if processes > 1 else [sys.executable]),
         str(REPO / f"{run.script}.py"),
         *run.flags,
         "--out_dir",
@@ -128,6 +130,18 @@ def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: set | 
     return f"exit status {code}: {lines[-1].strip() if lines else 'no output'} (log: {log_path})"
 
 
+def run_rank(cmd: Sequence[str], log_path: str, env: dict) -> str | None:
+    """One task of a Slurm job that runs one run on several tasks: this task's rank of the run,
+    its torch.distributed environment given by submitit (rank, world size, the first node's
+    address). Rank 0's outcome is the run's. Module-level: Slurm jobs call it."""
+    import submitit
+
+    ranks = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    error = run_subprocess(cmd, log_path, {**env, **{k: os.environ[k] for k in keys}})
+    return error if ranks.rank == 0 else None
+
+
 # ----------------------------------------------------------------- launchers
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
@@ -139,9 +153,9 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def default_jobs() -> int:
-    """One run at a time, or one per GPU when there are several."""
-    return max(1, len(visible_gpus()))
+def default_jobs(gpus_per_run: int = 1) -> int:
+    """One run at a time, or one per ``gpus_per_run`` GPUs when there are more."""
+    return max(1, len(visible_gpus()) // gpus_per_run)
 
 
 def thread_env(jobs: int) -> dict:
@@ -154,11 +168,12 @@ def thread_env(jobs: int) -> dict:
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
-def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
+def _run_local(runs, out_dir: Path, jobs: int, report, gpus_per_run: int = 1) -> list[Outcome]:
     gpus = visible_gpus()
-    slots: Queue = Queue()  # one token per concurrent run; its GPU, if any
+    slots: Queue = Queue()  # one token per concurrent run; its GPUs (CUDA_VISIBLE_DEVICES), if any
     for i in range(jobs):
-        slots.put(gpus[i % len(gpus)] if gpus else None)
+        group = [gpus[(i * gpus_per_run + k) % len(gpus)] for k in range(gpus_per_run)] if gpus else []
+        slots.put(",".join(group) if gpus else None)
     env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
 
     running: set = set()  # the runs' processes, to interrupt them with the sweep
@@ -172,7 +187,7 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
                 return Outcome(run, False, "not started: the sweep was interrupted")
             run_dir = out_dir / run.folder
             error = run_subprocess(
-                command(run, run_dir, resume),
+                command(run, run_dir, resume, gpus_per_run),
                 str(run_dir / LOG),
                 {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
                 running,
@@ -238,6 +253,7 @@ class SlurmOptions:
     gpus_per_job: int = 1
     cpus_per_job: int = 4
     cluster: str | None = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
+    processes_per_job: int = 1  # > 1: one run on that many tasks (torch.distributed, one GPU each)
 
 
 def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outcome]:
@@ -251,6 +267,7 @@ def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outco
         timeout_min=options.timeout_min,
         gpus_per_node=options.gpus_per_job,
         cpus_per_task=options.cpus_per_job,
+        tasks_per_node=options.processes_per_job,
         **({"slurm_partition": options.partition} if options.partition else {}),
     )
     env = {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(options.cpus_per_job)}
@@ -258,14 +275,17 @@ def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outco
     with executor.batch():  # one job array
         jobs = [
             executor.submit(
-                run_subprocess, command(run, out_dir / run.folder, resume), str(out_dir / run.folder / LOG), env
+                run_subprocess if options.processes_per_job == 1 else run_rank,
+                command(run, out_dir / run.folder, resume),
+                str(out_dir / run.folder / LOG),
+                env,
             )
             for run, resume in runs
         ]
     outcomes = []
     for job, (run, _) in zip(jobs, runs):
         try:
-            error = job.result()
+            error = job.results()[0]  # the first task's: rank 0's when a run has several
         except Exception as failure:  # the job itself failed (timeout, node failure, ...)
             error = f"Slurm job {job.job_id}: {str(failure).strip().splitlines()[-1]}"
         # seconds: from the submission until the job is known to be done (queueing included)
@@ -280,12 +300,14 @@ def launch(
     jobs: int = 1,
     slurm: SlurmOptions = SlurmOptions(),
     log: Callable[[str], None] = print,
+    gpus_per_run: int = 1,
 ) -> list[Outcome]:
     """Train the runs of ``runs`` not finished yet, each in ``out_dir / run.folder``.
 
     ``launcher``: ``'local'`` (``jobs`` subprocesses at a time, spread over the
     visible GPUs), ``'inline'`` (in this process, one at a time: for debugging)
-    or ``'slurm'`` (one submitit job per run; waits for all). Returns one
+    or ``'slurm'`` (one submitit job per run; waits for all). ``gpus_per_run > 1``: each
+    local run on that many GPUs (torchrun; Slurm: ``slurm.processes_per_job``). Returns one
     :class:`Outcome` per run, finished ones included; ``log`` gets one line per run.
     """
     if launcher not in LAUNCHERS:
@@ -327,5 +349,5 @@ def launch(
         elif launcher == "slurm":
             outcomes += _run_slurm(todo, out_dir, slurm, report)
         else:
-            outcomes += _run_local(todo, out_dir, jobs, report)
+            outcomes += _run_local(todo, out_dir, jobs, report, gpus_per_run)
     return outcomes

@@ -5,13 +5,11 @@ the checkpoint kept, and the resumed run continues exactly as an uninterrupted o
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-from ddp_pool import Pool, free_port, loopback_env
+from ddp_pool import Pool, loopback_env
 
 import data
 import experiment
@@ -191,18 +189,56 @@ def test_loader_shards_split_each_global_batch(loader_cls, train):
         torch.testing.assert_close(torch.cat([x0, x1]), x)
 
 
-def test_torchrun_two_processes(tmp_path):
-    """The command a user types: torchrun starts the ranks, which join through its environment;
+def launched_run(tmp_path, monkeypatch, launcher: str, **options):
+    """One quick LSTM run of reproduce.py's plan on 2 processes; its config and summary."""
+    from reproduce_lib.launch import launch
+    from reproduce_lib.plan import Plan, adam
+    from reproduce_lib.protocol import PROFILES
+
+    for key, value in loopback_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    run = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True).run("LSTM", adam(), 0)
+    (outcome,) = launch([run], tmp_path, launcher=launcher, **options)
+    assert outcome.ok, outcome.message
+    folder = tmp_path / run.folder
+    return json.loads((folder / experiment.CONFIG).read_text()), json.loads((folder / experiment.SUMMARY).read_text())
+
+
+def test_reproduce_local_run_on_two_processes(tmp_path, monkeypatch):
+    """torchrun starts the ranks (the command a user types), which join through its environment;
     rank 0 alone prints."""
-    out_dir = tmp_path / "run"
-    env = dict(os.environ, **loopback_env(), OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    command += ["main_rnn.py", *RNN, "--epochs", "1", "--out_dir", str(out_dir)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("completed after 1 epoch") == 1
-    assert done.stdout.count("configuration:") == 1
-    assert "2 processes (gloo)" in done.stdout
-    assert run_files(out_dir) == FILES
+    config, summary = launched_run(tmp_path, monkeypatch, "local", jobs=1, gpus_per_run=2)
+    assert "2 processes (gloo)" in config["device"] and summary["status"] == "completed"
+    (log,) = tmp_path.glob("**/reproduce.log")
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in log.read_text()
+    assert log.read_text().count("configuration:") == log.read_text().count("completed after 1 epoch") == 1
+
+
+def test_reproduce_slurm_run_on_two_tasks(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from reproduce_lib.launch import SlurmOptions
+
+    slurm = SlurmOptions(cluster="local", gpus_per_job=0, cpus_per_job=1, timeout_min=5, processes_per_job=2)
+    config, summary = launched_run(tmp_path, monkeypatch, "slurm", slurm=slurm)
+    assert "2 processes (gloo)" in config["device"] and summary["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--gpus_per_run", "2", "--launcher", "inline"], "--gpus_per_run 2 needs processes of their own"),
+        (
+            ["--gpus_per_run", "2", "--launcher", "slurm", "--slurm_gpus", "1"],
+            "--slurm_gpus 1 with --gpus_per_run 2: each process of a run takes one GPU",
+        ),
+    ],
+)
+def test_reproduce_gpus_per_run_checks(argv, message, capsys):
+    import reproduce
+
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.build_parser().parse_args(["table1", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
