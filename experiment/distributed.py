@@ -169,9 +169,10 @@ class Ranks:
 
     # ----------------------------------------------------------------- model
     def wrap(self, model: nn.Module, optimizer, device: torch.device) -> nn.Module:
-        """The network the training loop calls: ``model`` in DistributedDataParallel (BatchNorm
-        synchronised on CUDA) under several ranks, ``model`` itself otherwise. Checks first that
-        every rank drew the same feature learning rates (Alrao optimizers)."""
+        """The network the training loop calls: ``model`` in DistributedDataParallel under several
+        ranks (its BatchNorm layers made SyncBatchNorm on CUDA, see :func:`synchronise_batchnorm`),
+        ``model`` itself otherwise. Checks first that every rank drew the same feature learning
+        rates (Alrao optimizers)."""
         if self.world == 1:
             return model
         if callable(getattr(optimizer, "feature_lrs", None)):
@@ -179,11 +180,7 @@ class Ranks:
 
             check_feature_lrs(optimizer)
         if device.type == "cuda":
-            # SyncBatchNorm normalises with the global batch's statistics, as one process does.
-            # It keeps the parameter objects, so the optimizer's feature rates still apply.
-            model_sync = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            if model_sync is not model:
-                raise RuntimeError("the model's root is a BatchNorm layer: SyncBatchNorm cannot replace it")
+            synchronise_batchnorm(model)
         ids = [device.index] if device.type == "cuda" else None
         # Buffers: the switch is the same on every rank; rank 0's BatchNorm statistics replace the
         # others' before every training forward (they differ on CPU, where gloo has no SyncBatchNorm).
@@ -216,6 +213,16 @@ class Ranks:
     def reseed(self, seed: int, epoch: int) -> None:
         """The generators of this rank's epoch ``epoch`` (dropout), from ``(seed, epoch, rank)`` only."""
         torch.manual_seed(derive_seed(seed, epoch, self.rank, _RESEED) % 2**63)
+
+
+def synchronise_batchnorm(model: nn.Module) -> nn.Module:
+    """Make ``model``'s BatchNorm layers SyncBatchNorm, in place: they normalise with the global
+    batch's statistics, as one process does (torch runs them on accelerators only). The new
+    layers keep the parameter objects, so the optimizer's feature rates still apply."""
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if converted is not model:
+        raise ValueError("the model's root is a BatchNorm layer: SyncBatchNorm cannot replace it in place")
+    return model
 
 
 class Leader:

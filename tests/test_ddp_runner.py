@@ -13,6 +13,7 @@ from ddp_pool import Pool, loopback_env
 
 import data
 import experiment
+from experiment.distributed import synchronise_batchnorm
 
 CNN = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "8", "--use_alrao"]
 RNN = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_size", "4", "--use_alrao"]
@@ -242,3 +243,23 @@ def test_reproduce_gpus_per_run_checks(argv, message, capsys):
         reproduce.build_parser().parse_args(["table1", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cuda_branch_makes_batchnorm_synchronised():
+    """What Ranks.wrap does on CUDA, run on CPU (DDP takes SyncBatchNorm on GPU modules only)."""
+    import main_cnn
+
+    args = main_cnn.build_parser().parse_args([*CNN])
+    torch.manual_seed(0)
+    pre = main_cnn.models.build_preclassifier(args.model_name, args.size_multiplier)
+    model = experiment.build_model(args, pre, main_cnn.alrao.LinearClassifier, pre.num_features, 10)
+    optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(0, "feature_lrs"))
+    before = {name: p for name, p in model.named_parameters()}
+    assert synchronise_batchnorm(model) is model
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():  # the same objects, under the same names
+        assert p is before[name] and id(p) in in_optimizer
+    with pytest.raises(ValueError, match="root is a BatchNorm layer"):
+        synchronise_batchnorm(torch.nn.BatchNorm1d(3))
