@@ -80,10 +80,14 @@ def sum_over_ranks(values: list) -> list:
 
 @contextlib.contextmanager
 def _signals_noted():
-    """Within this block SIGINT and SIGTERM are noted for :func:`sum_over_ranks`, not raised."""
+    """Within this block SIGINT and SIGTERM are noted for :func:`sum_over_ranks`, not raised; a
+    second one of a kind is raised at once (the user insists, or the ranks no longer meet)."""
 
     def note(signum, frame):
         _pending[signum] += 1
+        if _pending[signum] > 1:
+            _pending[signum] = 0
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     previous = {s: signal.signal(s, note) for s in _pending}
     try:
