@@ -80,12 +80,13 @@ def sum_over_ranks(values: list) -> list:
 
 @contextlib.contextmanager
 def _signals_noted():
-    """Within this block SIGINT and SIGTERM are noted for :func:`sum_over_ranks`, not raised; a
-    second one of a kind is raised at once (the user insists, or the ranks no longer meet)."""
+    """Within this block SIGINT and SIGTERM are noted for :func:`sum_over_ranks`, not raised. A
+    third one of a kind is raised at once (the user insists, or the ranks no longer meet): one
+    Ctrl-C in a terminal brings two, the terminal's and the one torchrun passes on."""
 
     def note(signum, frame):
         _pending[signum] += 1
-        if _pending[signum] > 1:
+        if _pending[signum] >= 3:
             _pending[signum] = 0
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
