@@ -32,8 +32,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.loaders import derive_seed
-
 from .run import Run, Terminated, UsageError, sigterm_as_interrupt
 from .runtime import choose_device
 
@@ -217,6 +215,8 @@ class Ranks:
 
     def reseed(self, seed: int, epoch: int) -> None:
         """The generators of this rank's epoch ``epoch`` (dropout), from ``(seed, epoch, rank)`` only."""
+        from data.loaders import derive_seed  # here: the experiment package does not need the data one
+
         torch.manual_seed(derive_seed(seed, epoch, self.rank, _RESEED) % 2**63)
 
 
