@@ -120,14 +120,15 @@ def evaluate(model, loader, device, precision=None) -> dict:
 
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
-    device, device_text = experiment.choose_device(args.no_cuda)
+    ranks = experiment.Ranks.from_env(args.no_cuda)  # torchrun: this process's rank; else one rank
+    device, device_text = ranks.choose_device(args.no_cuda)
     if device.type != "cpu" and args.num_workers and "num_workers" in experiment.given_flags(args):
         experiment.exit_with_error(
             PROG, f"--num_workers {args.num_workers} is not used on {device.type}: the data stays on the device"
         )
     try:
         precision = experiment.Precision(args.amp, device)  # before the run's folder: fp16 on a CPU stops here
-        run = experiment.Run(
+        run = ranks.run(
             args,
             PROG,
             f"cnn-{args.model_name}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
@@ -148,6 +149,7 @@ def main(args) -> dict:
             num_workers=args.num_workers,
             limit=DRY_RUN_BATCHES * args.batch_size if args.dry_run else None,
         )
+        ranks.shard_loaders(train_loader, valid_loader, test_loader)  # --batch_size is the global batch
     except (experiment.UsageError, experiment.UnsupportedPrecision, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
 
@@ -167,13 +169,15 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
+    net = ranks.wrap(model, optimizer, device)  # DistributedDataParallel under several processes
     run.start(model, optimizer, hooks, device=device_text, **counts)
     with run:
         for epoch in run.epochs():
             for loader in (train_loader, valid_loader, test_loader):
                 loader.set_epoch(epoch)  # data order is a function of (seed, epoch): resume is exact
             hooks.train()
-            train = train_epoch(model, train_loader, optimizer, args.use_alrao, epoch, device, precision)
+            train = train_epoch(net, train_loader, optimizer, args.use_alrao, epoch, device, precision)
+            ranks.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere, as saved
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)

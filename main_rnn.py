@@ -97,7 +97,7 @@ def train_epoch(model, source, optimizer, args, epoch: int, precision=None) -> d
     precision = precision or experiment.Precision("off", source.device)
     model.train()
     meter = experiment.Meter()
-    hidden = model.preclassifier.init_hidden(args.batch_size)
+    hidden = model.preclassifier.init_hidden(source.size(1))
     starts = range(0, source.size(0) - 1, args.bptt)
     bar = experiment.Progress(starts, desc=f"epoch {epoch}")
     means = {}
@@ -161,11 +161,12 @@ def dry_run_tokens(tokens: torch.Tensor, n_streams: int, bptt: int) -> torch.Ten
 
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
-    device, device_text = experiment.choose_device(args.no_cuda)
+    ranks = experiment.Ranks.from_env(args.no_cuda)  # torchrun: this process's rank; else one rank
+    device, device_text = ranks.choose_device(args.no_cuda)
     level = "char" if args.char_prediction else "word"
     try:
         precision = experiment.Precision(args.amp, device)  # before the run's folder: fp16 on a CPU stops here
-        run = experiment.Run(
+        run = ranks.run(
             args,
             PROG,
             f"rnn-{args.dataset}-{level}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
@@ -187,7 +188,11 @@ def main(args) -> dict:
     if args.dry_run:
         splits = {name: (dry_run_tokens(tokens, n, args.bptt), n) for name, (tokens, n) in splits.items()}
     try:
-        train_data, valid_data, test_data = (data.batchify(tokens, n).to(device) for tokens, n in splits.values())
+        train_data, valid_data, test_data = (  # under several processes, this rank's streams
+            ranks.columns(data.batchify(tokens, n), name == "train").to(device) for name, (tokens, n) in splits.items()
+        )
+    except experiment.UsageError as error:
+        experiment.exit_with_error(PROG, error)
     except ValueError as error:  # a split shorter than its number of streams
         experiment.exit_with_error(PROG, f"{error} (--dataset {args.dataset}, --batch_size {args.batch_size})")
     ntoken = len(corpus.dictionary)
@@ -205,11 +210,12 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
+    net = ranks.wrap(model, optimizer, device)  # DistributedDataParallel under several processes
     run.start(model, optimizer, hooks, device=device_text, ntoken=ntoken, **counts)
     with run:
         for epoch in run.epochs():
             hooks.train()
-            train = train_epoch(model, train_data, optimizer, args, epoch, precision)
+            train = train_epoch(net, train_data, optimizer, args, epoch, precision)
             results = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)

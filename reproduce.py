@@ -17,6 +17,7 @@ on (exit status 1). --collect_only writes the tables and figures from the runs
 already there.
 """
 
+import dataclasses
 import shlex
 import signal
 import time
@@ -130,6 +131,13 @@ def build_parser() -> experiment.ArgumentParser:
         help="runs at a time with --launcher local (default: one per visible GPU, or 1)",
     )
     how.add_argument(
+        "--gpus_per_run",
+        type=experiment.positive_int,
+        default=1,
+        help="GPUs of each run (local: torchrun, one process per GPU, or CPU processes without GPUs; "
+        "slurm: one task per GPU in each job); --batch_size stays each run's global batch",
+    )
+    how.add_argument(
         "--collect_only",
         action="store_true",
         help="train nothing: write the tables and figures from the runs already in --out_dir",
@@ -168,8 +176,15 @@ def _check(args) -> str | None:
     for flag in SLURM_FLAGS:
         if getattr(args, flag) is not None and args.launcher != "slurm":
             return f"--{flag} {getattr(args, flag)} is used only with --launcher slurm"
-    if args.slurm_gpus is not None and args.slurm_gpus > 1:
+    if args.slurm_gpus is not None and args.slurm_gpus > 1 and args.gpus_per_run == 1:
         return slurm_gpus_message(args.slurm_gpus)
+    if args.gpus_per_run > 1 and args.launcher == "inline":
+        return f"--gpus_per_run {args.gpus_per_run} needs processes of their own: use --launcher local or slurm"
+    if args.gpus_per_run > 1 and args.slurm_gpus not in (None, 0, args.gpus_per_run):
+        return (
+            f"--slurm_gpus {args.slurm_gpus} with --gpus_per_run {args.gpus_per_run}: each process of a run "
+            f"takes one GPU (--slurm_gpus {args.gpus_per_run}, or 0 for CPU processes)"
+        )
     if args.collect_only and (args.jobs is not None or args.launcher != "local"):
         return "--collect_only trains nothing: it takes no --launcher or --jobs"
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -267,13 +282,17 @@ def main(args) -> int:
                     ("timeout_min", args.slurm_timeout_min),
                     ("gpus_per_job", args.slurm_gpus),
                     ("cpus_per_job", args.slurm_cpus),
+                    ("processes_per_job", args.gpus_per_run),
                 )
                 if value is not None
             }
         )
+        if args.gpus_per_run > 1 and args.slurm_gpus is None:
+            slurm = dataclasses.replace(slurm, gpus_per_job=args.gpus_per_run)
         try:
             with sigterm_as_interrupt():
-                outcomes = launch(runs, out_dir, args.launcher, args.jobs or default_jobs(), slurm)
+                jobs = args.jobs or default_jobs(args.gpus_per_run)
+                outcomes = launch(runs, out_dir, args.launcher, jobs, slurm, gpus_per_run=args.gpus_per_run)
         except LaunchError as error:
             experiment.exit_with_error(PROG, error)
         except KeyboardInterrupt as interrupt:

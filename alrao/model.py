@@ -37,6 +37,7 @@ from torch import nn
 
 from .copies import evaluate_copies
 from .device_path import known_all_finite, on_accelerator_path
+from .distributed import average_copy_losses
 from .likelihood import GaussianNLL, copy_log_likelihoods, mixture_mean
 from .switch import Switch
 
@@ -322,9 +323,13 @@ class AlraoModel(nn.Module):
             return -torch.where(valid, picked, zero).sum(dim=1) / valid.sum()
         return torch.stack([fn(y, target) for y in outputs.unbind(0)])
 
-    def update_switch(self) -> None:
+    def update_switch(self, process_group=None) -> None:
         """Update the switch posterior with the per-copy losses of the last :meth:`loss` call.
 
+        Under ``torch.distributed`` the losses are first averaged over the ranks of
+        ``process_group`` (default: the world), at this call on every rank, so every rank holds
+        the same posterior: the single-process posterior of the global batch (see
+        ``alrao/distributed.py``).
         With an Alrao optimizer built on this model, the update needs an optimizer step on this
         batch: after a step skipped by a ``GradScaler`` (inf/nan gradients) the batch's losses
         are dropped and the switch is left untouched; called before ``optimizer.step()``, the
@@ -333,7 +338,7 @@ class AlraoModel(nn.Module):
         """
         if self.last_copy_losses is None:
             raise RuntimeError("AlraoModel.update_switch: call model.loss(output, target) on this batch first")
-        losses, self.last_copy_losses = self.last_copy_losses, None
+        losses, self.last_copy_losses = average_copy_losses(self.last_copy_losses, process_group), None
         self._update_switch_calls += 1
         if len(self._optimizers) == 0 or self._stepped_since_forward:
             self._update_switch_now(losses)

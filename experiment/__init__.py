@@ -6,6 +6,7 @@ set (DESIGN.md, principle 2). Each script keeps its own training loop.
 """
 
 from .baselines import MissingPackage, OptimizerHooks
+from .distributed import Ranks
 from .early_stopping import EarlyStopping
 from .files import atomic_torch_save, atomic_write_text, dumps_json, to_json, write_json, write_jsonl
 from .flags import (
@@ -69,6 +70,7 @@ __all__ = [
     "build_optimizer_hooks",
     "OptimizerHooks",
     "MissingPackage",
+    "Ranks",
     "PlainModel",
     "build_model",
     "count_parameters",

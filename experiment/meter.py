@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 import alrao
 
+from .distributed import sum_over_ranks, world_size
+
 
 class Meter:
     """Sums of the per-prediction loss and of the correct predictions over an epoch.
@@ -61,13 +63,24 @@ class Meter:
 
     def means(self) -> dict:
         """``{'loss', 'acc'}`` (mean loss in nats, accuracy as a fraction in [0, 1]), plus
-        ``{'copy_loss', 'copy_acc'}`` lists when copies were added. NaN when empty."""
-        if self.count == 0:
+        ``{'copy_loss', 'copy_acc'}`` lists when copies were added. NaN when empty.
+        Under several processes, the sums of every rank's batches (a collective: every rank
+        calls it at the same point; see ``experiment/distributed.py``)."""
+        count, loss_sum, correct = self.count, self.loss_sum, self.correct
+        copy_loss_sum, copy_correct = self.copy_loss_sum, self.copy_correct
+        if world_size() > 1:
+            copies = [copy_loss_sum, copy_correct] if copy_loss_sum is not None else []
+            count, loss_sum, correct, *copies = sum_over_ranks(
+                [count, 0.0 if loss_sum is None else loss_sum, 0 if correct is None else correct, *copies]
+            )
+            count = int(count)
+            copy_loss_sum, copy_correct = copies or (None, None)
+        if count == 0:
             return {"loss": float("nan"), "acc": float("nan")}
-        out = {"loss": self.loss_sum.item() / self.count, "acc": self.correct.item() / self.count}
-        if self.copy_loss_sum is not None:
-            out["copy_loss"] = (self.copy_loss_sum / self.count).tolist()
-            out["copy_acc"] = (self.copy_correct.double() / self.count).tolist()
+        out = {"loss": loss_sum.item() / count, "acc": correct.item() / count}
+        if copy_loss_sum is not None:
+            out["copy_loss"] = (copy_loss_sum / count).tolist()
+            out["copy_acc"] = (copy_correct.double() / count).tolist()
         return out
 
 

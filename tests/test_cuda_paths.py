@@ -193,7 +193,7 @@ def test_slurm_jobs_of_more_than_one_gpu_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         reproduce.build_parser().parse_args(["table1", "--launcher", "slurm", "--slurm_gpus", "2"])
     assert exit_.value.code == 2
-    assert "--slurm_gpus 2: each run trains on one GPU" in capsys.readouterr().err
+    assert "--slurm_gpus 2: each process of a run trains on one GPU" in capsys.readouterr().err
     assert reproduce.build_parser().parse_args(["table1", "--launcher", "slurm", "--slurm_gpus", "1"]).slurm_gpus == 1
     plan = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True)
     with pytest.raises(launch_module.LaunchError, match="reserve 2 that no one uses"):

@@ -217,7 +217,8 @@ def test_help_lists_every_flag_with_its_help_text(capsys):
 
 def test_loader_workers_on_a_gpu_are_refused_as_unused(tmp_path, monkeypatch, capsys):
     # the CUDA branch, forced on CPU: the batches are made on the device, with no DataLoader
-    monkeypatch.setattr(main_cnn.experiment, "choose_device", lambda no_cuda: (torch.device("cuda"), "cuda (forced)"))
+    forced = (torch.device("cuda"), "cuda (forced)")
+    monkeypatch.setattr(main_cnn.experiment.Ranks, "choose_device", lambda self, no_cuda: forced)
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, "--num_workers", "2")
     assert exit_info.value.code == 2 and "--num_workers 2 is not used on cuda" in capsys.readouterr().err
