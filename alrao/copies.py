@@ -62,8 +62,10 @@ def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Ten
     return _generic_copies(copies, z)
 
 
-# Classifier classes found unbatchable by vmap -> why; their copies run one by one (one warning each).
+# Classifier classes whose forward vmap failed on -> why: their copies run one by one.
 _UNBATCHABLE: dict[type, str] = {}
+# (class, reason) pairs already warned about: one warning each.
+_WARNED: set[tuple[type, str]] = set()
 
 
 class _NotBatchable(Exception):
@@ -89,8 +91,10 @@ def _generic_copies(copies: list[nn.Module], z: torch.Tensor):
         except (RuntimeError, NotImplementedError, _NotBatchable) as error:
             reason = f"vmap cannot batch its forward ({type(error).__name__}: {str(error).splitlines()[0]})"
     result = _one_by_one(copies, z)  # a genuine error in the class's forward surfaces here
-    if cls not in _UNBATCHABLE:
+    if reason.startswith("vmap"):
         _UNBATCHABLE[cls] = reason
+    if (cls, reason) not in _WARNED:
+        _WARNED.add((cls, reason))
         warnings.warn(
             f"AlraoModel: the copies of {cls.__qualname__} are evaluated one by one (slower): {reason}",
             stacklevel=4,
@@ -124,7 +128,9 @@ def _stacked(copies, z):
     names = [n for n, _ in copies[0].named_parameters()]
     params = [p for n in names for p in (c.get_parameter(n) for c in copies)]  # name-major
     if not torch.is_grad_enabled():
-        y = _vmapped(copies, names, params, z, z_batched=False)
+        n = len(copies)
+        stacked = [torch.stack(params[k * n : (k + 1) * n]) for k in range(len(names))]
+        y = _vmapped(copies, names, stacked, z, z_batched=False)
         return y, y, _finite_copies(y)
     return _StackedCopies.apply(copies, names, z, *params)
 
@@ -135,12 +141,10 @@ def _finite_copies(y: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(y.reshape(y.shape[0], -1).sum(dim=1))
 
 
-def _vmapped(copies, names, params, z, z_batched):
-    """The copies' outputs ``(N, ...)`` from one vmapped call of the first copy's forward on the
-    stacked parameters (``params`` name-major, already stacked or not) and buffers."""
-    n = len(copies)
-    if len(params) != len(names):
-        params = [torch.stack(params[k * n : (k + 1) * n]) for k in range(len(names))]
+def _vmapped(copies, names, stacked, z, z_batched):
+    """The copies' outputs ``(N, ...)`` from one vmapped call of the first copy's forward on
+    the stacked parameters (``stacked[k]``: parameter ``names[k]`` of every copy, ``(N, ...)``)
+    and buffers; ``z`` is ``(N, ...)`` if ``z_batched``, else shared by the copies."""
     buffer_names = [b for b, _ in copies[0].named_buffers()]
     buffers = {b: torch.stack([c.get_buffer(b) for c in copies]) for b in buffer_names}
     versions = [t._version for t in buffers.values()]
@@ -149,7 +153,7 @@ def _vmapped(copies, names, params, z, z_batched):
         return functional_call(copies[0], (p, b), (x,))
 
     y = vmap(call, in_dims=(0, 0, 0 if z_batched else None), randomness="different")(
-        dict(zip(names, params)), buffers, z
+        dict(zip(names, stacked)), buffers, z
     )
     if [t._version for t in buffers.values()] != versions:
         raise _NotBatchable("its forward writes into its buffers")

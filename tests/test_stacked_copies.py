@@ -49,12 +49,12 @@ class UserBatchNorm(nn.Module):
         return F.log_softmax(self.norm(self.proj(x)), dim=-1)
 
 
-def make(cls, seed=0):
+def make(cls, seed=0, n=N):
     torch.manual_seed(seed)
     pre = nn.Sequential(nn.Linear(3, D), nn.Tanh())
-    m = alrao.AlraoModel("classification", nn.NLLLoss(), pre, N, cls, D, K)
+    m = alrao.AlraoModel("classification", nn.NLLLoss(), pre, n, cls, D, K)
     for _ in range(3):  # a non-uniform posterior
-        m.switch.update(torch.rand(N) * 2)
+        m.switch.update(torch.rand(n) * 2)
     return m
 
 
@@ -67,6 +67,7 @@ def one_by_one(monkeypatch):
     """Force the per-copy loop (the fallback) for every class."""
     monkeypatch.setattr(copies_mod, "_stacking_obstacle", lambda copies: "forced by the test")
     monkeypatch.setattr(copies_mod, "_UNBATCHABLE", {})
+    monkeypatch.setattr(copies_mod, "_WARNED", set())
 
 
 def step(m, x, y):
@@ -96,10 +97,10 @@ def _frozen(classifiers):
     return frozen
 
 
-@pytest.mark.parametrize("cls", [UserLinear, UserTwoLayer])
-def test_stacked_copies_equal_the_loop_and_the_naive_reference(monkeypatch, cls):
+@pytest.mark.parametrize("cls,n", [(UserLinear, N), (UserTwoLayer, N), (UserTwoLayer, 1)])
+def test_stacked_copies_equal_the_loop_and_the_naive_reference(monkeypatch, cls, n):
     x, y = batch()
-    m = make(cls)
+    m = make(cls, n=n)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the stacked path: no fallback warning
         stacked = step(m, x, y)
@@ -112,7 +113,7 @@ def test_stacked_copies_equal_the_loop_and_the_naive_reference(monkeypatch, cls)
             torch.testing.assert_close(p.grad, g)
     one_by_one(monkeypatch)
     with pytest.warns(UserWarning, match="forced by the test"):
-        looped = step(make(cls), x, y)
+        looped = step(make(cls, n=n), x, y)
     for a, b in zip(stacked, looped):
         torch.testing.assert_close(a, b)
 
@@ -138,9 +139,10 @@ def test_a_diverged_copy_is_left_out_on_the_stacked_path(monkeypatch):
         torch.testing.assert_close(a, b, equal_nan=True)
 
 
-def test_without_grad_and_in_eval_mode_the_outputs_match(monkeypatch):
+@pytest.mark.parametrize("n", [N, 1])
+def test_without_grad_and_in_eval_mode_the_outputs_match(monkeypatch, n):
     x, _ = batch()
-    m = make(UserBatchNorm).eval()  # eval mode: BatchNorm only reads its buffers, so it stacks
+    m = make(UserBatchNorm, n=n).eval()  # eval mode: BatchNorm only reads its buffers, so it stacks
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
