@@ -84,10 +84,13 @@ def _generic_copies(copies: list[nn.Module], z: torch.Tensor):
     fallback gives the same values and gradients, at the cost of one call per copy.
     """
     cls = type(copies[0])
-    reason = _UNBATCHABLE.get(cls) or _stacking_obstacle(copies)
+    reason = _UNBATCHABLE.get(cls)
+    if reason is None:
+        named = [list(c.named_parameters()) for c in copies]
+        reason = _stacking_obstacle(copies, named)
     if reason is None:
         try:
-            return _stacked(copies, z)
+            return _stacked(copies, named, z)
         except (RuntimeError, NotImplementedError, _NotBatchable) as error:
             reason = f"vmap cannot batch its forward ({type(error).__name__}: {str(error).splitlines()[0]})"
     result = _one_by_one(copies, z)  # a genuine error in the class's forward surfaces here
@@ -102,16 +105,19 @@ def _generic_copies(copies: list[nn.Module], z: torch.Tensor):
     return result
 
 
-def _stacking_obstacle(copies: list[nn.Module]) -> str | None:
-    """Why the copies cannot share one vmap call, or None."""
-    first = copies[0]
-    shapes = [(n, p.shape, p.dtype, p.device) for n, p in first.named_parameters()]
-    for c in copies[1:]:
-        if type(c) is not type(first) or [(n, p.shape, p.dtype, p.device) for n, p in c.named_parameters()] != shapes:
-            return "the copies differ in class or parameter shapes"
-    if not shapes:
+def _stacking_obstacle(copies: list[nn.Module], named: list[list]) -> str | None:
+    """Why the copies (``named``: each copy's ``named_parameters()``) cannot share one vmap
+    call, or None."""
+    spec = [(n, p.shape, p.dtype, p.device) for n, p in named[0]]
+    if not spec:
         return "the copies have no parameters"
-    if any(m.training and any(True for _ in m.buffers(recurse=False)) for m in first.modules()):
+    for c, params in zip(copies[1:], named[1:]):
+        if type(c) is not type(copies[0]) or [(n, p.shape, p.dtype, p.device) for n, p in params] != spec:
+            return "the copies differ in class or parameter shapes"
+    first = copies[0]
+    if next(first.buffers(), None) is not None and any(
+        m.training and next(m.buffers(recurse=False), None) is not None for m in first.modules()
+    ):
         return "it holds buffers and is in training mode (e.g. BatchNorm: running statistics)"
     return None
 
@@ -124,9 +130,9 @@ def _one_by_one(copies, z):
     return _ClassifierCopies.apply(copies, [j for j, _ in owned], z, *(p for _, p in owned))
 
 
-def _stacked(copies, z):
-    names = [n for n, _ in copies[0].named_parameters()]
-    params = [p for n in names for p in (c.get_parameter(n) for c in copies)]  # name-major
+def _stacked(copies, named, z):
+    names = [n for n, _ in named[0]]
+    params = [params[k][1] for k in range(len(names)) for params in named]  # name-major
     if not torch.is_grad_enabled():
         n = len(copies)
         stacked = [torch.stack(params[k * n : (k + 1) * n]) for k in range(len(names))]
@@ -145,8 +151,10 @@ def _vmapped(copies, names, stacked, z, z_batched):
     """The copies' outputs ``(N, ...)`` from one vmapped call of the first copy's forward on
     the stacked parameters (``stacked[k]``: parameter ``names[k]`` of every copy, ``(N, ...)``)
     and buffers; ``z`` is ``(N, ...)`` if ``z_batched``, else shared by the copies."""
-    buffer_names = [b for b, _ in copies[0].named_buffers()]
-    buffers = {b: torch.stack([c.get_buffer(b) for c in copies]) for b in buffer_names}
+    buffers = {}
+    if next(copies[0].buffers(), None) is not None:
+        named = [list(c.named_buffers()) for c in copies]
+        buffers = {b: torch.stack([bufs[k][1] for bufs in named]) for k, (b, _) in enumerate(named[0])}
     versions = [t._version for t in buffers.values()]
 
     def call(p, b, x):

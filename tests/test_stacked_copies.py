@@ -65,7 +65,7 @@ def batch(seed=1, n=12):
 
 def one_by_one(monkeypatch):
     """Force the per-copy loop (the fallback) for every class."""
-    monkeypatch.setattr(copies_mod, "_stacking_obstacle", lambda copies: "forced by the test")
+    monkeypatch.setattr(copies_mod, "_stacking_obstacle", lambda copies, named: "forced by the test")
     monkeypatch.setattr(copies_mod, "_UNBATCHABLE", {})
     monkeypatch.setattr(copies_mod, "_WARNED", set())
 
