@@ -94,6 +94,13 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the process's CPU time, steadier on a shared CPU "
+        "(with --threads 1; on CUDA always wall)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
@@ -105,9 +112,10 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"optimizer={args.optimizer} steps={args.steps} (median)"
+        f"clock={args.clock} optimizer={args.optimizer} steps={args.steps} (median)"
     )
     real_rule = alrao_optim._multi_tensor_kernels
     for name in args.models:
@@ -124,11 +132,11 @@ def main(argv=None):
                 if full is not None:
                     alrao_optim._multi_tensor_kernels = (lambda d: True) if full else (lambda d: False)
                 sync()
-                start = time.perf_counter()
+                start = clock()
                 opt.step()
                 sync()
                 if i >= args.warmup:
-                    times[label].append(time.perf_counter() - start)
+                    times[label].append(clock() - start)
                 alrao_optim._multi_tensor_kernels = real_rule
         base = statistics.median(times[f"torch {'SGD' if args.optimizer == 'sgd' else 'Adam'} foreach"])
         print(f"\n{name}: {n_tensors} tensors, {n_params / 1e6:.2f} M parameters")
