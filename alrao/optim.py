@@ -343,8 +343,9 @@ def _adam_reference(params, grads, states, rates, *, lr, betas, eps, weight_deca
             second = state["max_exp_avg_sq"]
         else:
             second = exp_avg_sq
-        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-        p.addcdiv_(exp_avg * rate, denom, value=-lr / bias_correction1)
+        # the rate divides the denominator (rather than multiplying exp_avg): no extra tensor
+        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps).div_(rate)
+        p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
 def _adam_foreach(params, grads, states, rates, *, lr, betas, eps, weight_decay, amsgrad, maximize):
@@ -371,5 +372,5 @@ def _adam_foreach(params, grads, states, rates, *, lr, betas, eps, weight_decay,
             denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** s["step"]) for s in st])
         torch._foreach_add_(denom, eps)
-        numer = torch._foreach_mul(exp_avgs, [rates[i] for i in idx])
-        torch._foreach_addcdiv_(ps, numer, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])
+        torch._foreach_div_(denom, [rates[i] for i in idx])
+        torch._foreach_addcdiv_(ps, exp_avgs, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])
