@@ -24,10 +24,11 @@ from pathlib import Path
 
 import data
 import experiment
+from experiment.provenance import RESULTS_SOURCES, source_hash
 from experiment.run import Terminated, sigterm_as_interrupt
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
-from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch
-from reproduce_lib.outputs import git_commit
+from reproduce_lib.launch import LAUNCHERS, LaunchError, SlurmOptions, default_jobs, launch, slurm_gpus_message
+from reproduce_lib.outputs import git_commit, record_written
 from reproduce_lib.plan import Plan, unique
 from reproduce_lib.protocol import CNN_MODELS, MODEL_NAMES, PROFILES
 
@@ -95,16 +96,23 @@ def build_parser() -> experiment.ArgumentParser:
     what.add_argument(
         "--dry_run",
         action="store_true",
-        help="every run with --dry_run: a few batches, to check the whole pipeline in seconds",
+        help="check the whole pipeline quickly: every run with --dry_run (a few batches of at most 2 epochs), "
+        "seed 0 only unless --seeds, in this process unless --launcher or --jobs; its tables mean nothing "
+        "and go to <out_dir>/results",
     )
 
     where = parser.add_argument_group("where")
-    where.add_argument("--out_dir", default=None, help="folder of the runs (default: runs/reproduce-<profile>)")
+    where.add_argument(
+        "--out_dir",
+        default=None,
+        help="folder of the runs (default: runs/reproduce-<profile>, runs/reproduce-<profile>-dry_run with --dry_run)",
+    )
     where.add_argument(
         "--results_dir",
         default=None,
-        help="folder of the tables and figures (default: results/ for the paper profile, "
-        "results/<profile>/ for the others)",
+        help="folder of the tables and figures (default: the tracked results/ for the whole paper profile, "
+        "results/<profile>/ for the whole of another; <out_dir>/results for a dry run or a part of a profile "
+        "(--models, --seeds, --epochs, --dataset, --baselines), so that it never overwrites committed results)",
     )
 
     how = parser.add_argument_group("how")
@@ -137,7 +145,7 @@ def build_parser() -> experiment.ArgumentParser:
         "--slurm_gpus",
         type=experiment.nonnegative_int,
         default=None,
-        help=f"GPUs per job (default: {SlurmOptions.gpus_per_job})",
+        help=f"GPUs per job: 1, as each run trains on one GPU, or 0 (default: {SlurmOptions.gpus_per_job})",
     )
     how.add_argument(
         "--slurm_cpus",
@@ -160,6 +168,8 @@ def _check(args) -> str | None:
     for flag in SLURM_FLAGS:
         if getattr(args, flag) is not None and args.launcher != "slurm":
             return f"--{flag} {getattr(args, flag)} is used only with --launcher slurm"
+    if args.slurm_gpus is not None and args.slurm_gpus > 1:
+        return slurm_gpus_message(args.slurm_gpus)
     if args.collect_only and (args.jobs is not None or args.launcher != "local"):
         return "--collect_only trains nothing: it takes no --launcher or --jobs"
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -177,11 +187,35 @@ def _check(args) -> str | None:
                 f"--dataset {args.dataset} is {'an image' if cnn else 'a text'} data set, but --models "
                 f"{' '.join(args.models)} has no {'CNN' if cnn else 'LSTM'}"
             )
+    if args.dry_run and "launcher" not in args.given and args.jobs is None:
+        # a dry run's few batches take a second; starting a Python with torch for each takes more
+        args.launcher = "inline"
     if args.out_dir is None:
-        args.out_dir = str(Path("runs") / f"reproduce-{args.profile}")
+        args.out_dir = str(Path("runs") / f"reproduce-{args.profile}{'-dry_run' if args.dry_run else ''}")
     if args.results_dir is None:
-        args.results_dir = "results" if args.profile == "paper" else str(Path("results") / args.profile)
+        args.results_dir = str(default_results_dir(args))
+    elif args.dry_run and is_tracked_results(Path(args.results_dir)):
+        return f"--results_dir {args.results_dir}: a dry run's numbers mean nothing and are not written over results/"
     return None
+
+
+#: What narrows a profile: a sweep with any of these is a part of it (its results are not the profile's).
+PART_FLAGS = ("models", "seeds", "epochs", "dataset", "baselines")
+
+
+def default_results_dir(args) -> Path:
+    """``results/`` (paper) or ``results/<profile>`` for the whole of a profile; ``<out_dir>/results``
+    for a dry run or a part of a profile, which must not replace the committed tables."""
+    if args.dry_run or any(getattr(args, flag) is not None for flag in PART_FLAGS):
+        return Path(args.out_dir) / "results"
+    return Path("results") if args.profile == "paper" else Path("results") / args.profile
+
+
+def is_tracked_results(path: Path) -> bool:
+    """Whether ``path`` is (in) the repository's results/ folder."""
+    results = (Path(__file__).resolve().parent / "results").resolve()
+    path = path.resolve()
+    return path == results or results in path.parents
 
 
 def command_line(args) -> str:
@@ -205,7 +239,8 @@ def main(args) -> int:
     plan = Plan(
         PROFILES[args.profile],
         models=tuple(args.models) if args.models else None,
-        seeds=tuple(args.seeds) if args.seeds else None,
+        # a dry sweep checks the pipeline: one seed is enough (and halves its time and disk)
+        seeds=tuple(args.seeds) if args.seeds else (0,) if args.dry_run else None,
         epochs=args.epochs,
         dataset=args.dataset,
         dry_run=args.dry_run,
@@ -214,6 +249,11 @@ def main(args) -> int:
     out_dir, results_dir = Path(args.out_dir), Path(args.results_dir)
     runs = unique(run for name in args.experiments for run in EXPERIMENTS[name].runs(plan))
     print(f"{', '.join(args.experiments)}, profile {args.profile}: {len(runs)} runs in {out_dir}")
+    if args.dry_run:
+        print(
+            f"dry run: each run trains a few batches (see main_cnn.py --help), seeds {plan.seeds or 'all'}; "
+            f"the tables and figures in {results_dir} check the pipeline, their numbers mean nothing"
+        )
     for name in args.experiments:
         for warning in EXPERIMENTS[name].warnings(plan):
             print(f"{name}: {warning}")
@@ -240,11 +280,14 @@ def main(args) -> int:
             print(f"{PROG}: interrupted; the runs keep their checkpoints: the same command continues the sweep")
             return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
         failed = [o for o in outcomes if not o.ok]
-    context = Context(plan, out_dir, results_dir, git_commit(), command_line(args))
+    code = source_hash(RESULTS_SOURCES)
+    context = Context(plan, out_dir, results_dir, git_commit(), command_line(args), code)
     reports = dict.fromkeys(EXPERIMENTS[name].report for name in args.experiments)  # table1 and width share one
     written = [path for report in reports for path in report(context)]
     for path in written:
         print(f"wrote {path}")
+    if written:
+        print(f"wrote {record_written(results_dir, written, code, context.commit, context.command)}")
     if failed:
         print(f"{len(failed)} of {len(runs)} runs failed:")
         for outcome in failed:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .device_path import known_all_finite
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 
 # Built-in layers whose copies go through _LinearCopies:
@@ -38,10 +39,9 @@ _LINEAR_HEADS = {
 }
 
 
-def known_all_finite(finite: torch.Tensor) -> bool:
-    """Whether the mask ``finite`` is known to be all true without waiting for an accelerator:
-    read on a CPU, where it costs nothing; elsewhere ``False`` (the masked path, no sync)."""
-    return finite.device.type == "cpu" and bool(finite.all())
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs matrix products in on ``device``; ``None`` outside autocast."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +52,8 @@ def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Ten
     if not torch.is_grad_enabled():
         if batched:
             linears = [getattr(c, head[0]) for c in copies]
-            y, finite, _ = _linear_forward(z, [lin.weight for lin in linears], [lin.bias for lin in linears], head)
+            weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
+            y, finite, _, _ = _linear_forward(z, weights, biases, head, autocast_dtype(z.device))
             return y, y, finite
         return _generic_copies(copies, z)
     if batched:
@@ -168,9 +169,13 @@ def _vmapped(copies, names, stacked, z, z_batched):
     return y
 
 
-def _linear_forward(z, weights, biases, head):
-    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask and the stacked
-    weights ``(N, K, d)``.
+def _linear_forward(z, weights, biases, head, low):
+    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask, the input
+    ``(T, d)`` and the stacked weights ``(N, K, d)`` as multiplied.
+
+    ``low``: under ``torch.autocast``, its dtype: the matrix product runs in it
+    and the outputs (log-softmax included) come out in float32, the copies'
+    parameters keeping their own dtype. ``None``: the tensors' own dtypes.
 
     A copy counts as finite when the sum of its outputs is: one reduction
     instead of an elementwise test (a NaN or inf anywhere makes the sum
@@ -179,9 +184,13 @@ def _linear_forward(z, weights, biases, head):
     _, log_softmax, flatten = head
     x = z.reshape(-1, z.shape[-1]) if flatten else z
     weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
+    if low is not None:
+        x, weight, bias = x.to(low), weight.to(low), bias.to(low)
     a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
+    if low is not None:
+        a = a.float()
     y = torch.log_softmax(a, dim=-1) if log_softmax else a
-    return y, torch.isfinite(y.sum(dim=(1, 2))), weight
+    return y, torch.isfinite(y.sum(dim=(1, 2))), x, weight
 
 
 class _LinearCopies(torch.autograd.Function):
@@ -190,10 +199,10 @@ class _LinearCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, z, *params):
         ctx.set_materialize_grads(False)
-        y, finite, weight = _linear_forward(z, params[0::2], params[1::2], head)
-        x = z.reshape(-1, z.shape[-1]) if head[2] else z
+        low = autocast_dtype(z.device)
+        y, finite, x, weight = _linear_forward(z, params[0::2], params[1::2], head, low)
         ctx.save_for_backward(x, weight, y, finite)
-        ctx.head, ctx.z_shape = head, z.shape
+        ctx.head, ctx.z_shape, ctx.z_dtype, ctx.param_dtype = head, z.shape, z.dtype, params[0].dtype
         ctx.mark_non_differentiable(finite)
         return y, y.detach(), finite
 
@@ -222,12 +231,15 @@ class _LinearCopies(torch.autograd.Function):
         if grad_mix is not None and ctx.needs_input_grad[1]:
             # A diverged copy's weights may hold NaN: 0 * NaN would leak into z.
             safe_weight = torch.where(keep, weight, zero) if masked else weight
-            grad_z = torch.bmm(grad_pre_activation(grad_mix), safe_weight).sum(dim=0).reshape(ctx.z_shape)
+            # (under autocast the products run in the forward's low dtype, like autocast's own backward)
+            grad_pre = grad_pre_activation(grad_mix).to(weight.dtype)
+            grad_z = torch.bmm(grad_pre, safe_weight).sum(dim=0).reshape(ctx.z_shape).to(ctx.z_dtype)
         grads = [None] * (2 * n)
         if grad_own is not None:
             g = grad_pre_activation(grad_own)
-            grad_weight = torch.bmm(g.transpose(1, 2), x.expand(n, -1, -1))  # (N, K, d)
-            grad_bias = g.sum(dim=1)  # (N, K)
+            grad_weight = torch.bmm(g.transpose(1, 2).to(x.dtype), x.expand(n, -1, -1))  # (N, K, d)
+            grad_weight = grad_weight.to(ctx.param_dtype)
+            grad_bias = g.sum(dim=1).to(ctx.param_dtype)  # (N, K)
             for j in range(n):
                 if ctx.needs_input_grad[2 + 2 * j]:
                     grads[2 * j] = grad_weight[j]

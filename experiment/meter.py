@@ -1,9 +1,13 @@
-"""Running means of one epoch's loss and accuracy, kept on the device, and the epoch's record."""
+"""Running means of one epoch's loss and accuracy, kept on the device, the epoch's record, and
+the progress shown while an epoch trains."""
 
 import math
+import sys
+import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import alrao
 
@@ -111,3 +115,52 @@ def epoch_record(
         record["lr"] = group["lr"] if "lr" in group else group["max_lr"]  # AliG's rate is its max_lr
     record["diverged"] = diverged
     return record
+
+
+class Progress:
+    """Progress through one epoch's batches: a tqdm bar on a terminal; elsewhere (a log file, a
+    pipe, a sweep's subprocess) a plain line every ``every_s`` seconds, so that a log holds no
+    carriage-return frames and the epoch's summary starts on its own line.
+
+    Iterate over it as over ``iterable``; :meth:`set_postfix` gives the running numbers to show
+    (e.g. ``{'loss': '2.3026', 'acc': '10.00%'}``); :meth:`close` ends the bar.
+    """
+
+    def __init__(self, iterable, desc: str, every_s: float = 30.0, stream=None):
+        self.iterable, self.desc, self.every_s = iterable, desc, every_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.postfix: dict = {}
+        self.bar = None
+        if _is_terminal(self.stream):
+            self.bar = tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+
+    def __iter__(self):
+        if self.bar is not None:
+            yield from self.bar
+            return
+        total = len(self.iterable) if hasattr(self.iterable, "__len__") else None
+        last = time.monotonic()
+        for i, item in enumerate(self.iterable):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.every_s:
+                last = now
+                numbers = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+                done = f"{i + 1}/{total}" if total is not None else f"{i + 1}"
+                print(f"{self.desc}: batch {done}" + (f" ({numbers})" if numbers else ""), file=self.stream)
+
+    def set_postfix(self, postfix: dict) -> None:
+        self.postfix = dict(postfix)
+        if self.bar is not None:
+            self.bar.set_postfix(postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

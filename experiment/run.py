@@ -43,6 +43,7 @@ import torch
 from .baselines import OptimizerHooks
 from .early_stopping import EarlyStopping
 from .files import atomic_torch_save, write_json, write_jsonl
+from .flags import RESUMABLE_FLAGS
 from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
 from .runtime import rng_state, set_rng_state
@@ -60,9 +61,6 @@ RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY)
 LOCK = "run.lock"
 FORMAT = 1  # version of the checkpoint layout
 
-# Flags a resumed run may change: they do not change what is computed, only
-# where, how fast, or for how many epochs.
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path"})
 
 # Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.
 RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (
@@ -174,16 +172,20 @@ class Run:
         if checkpoint["script"] != self.prog:
             raise UsageError(f"--resume: {self.out_dir} holds a run of {checkpoint['script']}, not {self.prog}")
         saved, current = checkpoint["args"], vars(self.args)
-        differ = [
-            k
-            for k in sorted(set(saved) | set(current))
-            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
-        ]
+        # A flag added after the run was trained is absent from its checkpoint; its default keeps the
+        # earlier behaviour, and a typed value for it was already checked against config.json.
+        differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != current.get(k, "<absent>")]
         if differ:
             changes = ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
             raise UsageError(
                 f"--resume: the command differs from the run in {self.out_dir}: {changes}; "
                 f"only {', '.join('--' + k for k in sorted(RESUMABLE_FLAGS))} may change"
+            )
+        if self.args.epochs < checkpoint["epoch"]:
+            # config.json must stay true: it would say --epochs while the run holds more
+            raise UsageError(
+                f"--resume --epochs {self.args.epochs}: the run in {self.out_dir} already trained "
+                f"{checkpoint['epoch']} epochs (give --epochs {checkpoint['epoch']} or more)"
             )
         return checkpoint
 
@@ -217,6 +219,7 @@ class Run:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "commit": git_commit(),
+                **self._resumes(),
             },
         )
         checkpoint = self._resumed
@@ -240,6 +243,16 @@ class Run:
             else:
                 print(f"resuming {self.out_dir} after epoch {self.epoch} (to epoch {self.args.epochs})")
         write_jsonl(self.out_dir / METRICS, self.history)
+
+    def _resumes(self) -> dict:
+        """``{'resumes': [...]}``: each resume that changed resumable flags, with the epoch it
+        continued from and ``{flag: [old, new]}`` (config.json's args hold the latest values)."""
+        args = self.args
+        previous = list(getattr(args, "previous_resumes", []))
+        changes = getattr(args, "resumed_changes", {})
+        if self._resumed is not None and changes:
+            previous.append({"after_epoch": self._resumed["epoch"], "changes": changes})
+        return {"resumes": previous} if previous else {}
 
     # ------------------------------------------------------------------ epochs
     def epochs(self):
@@ -331,6 +344,9 @@ class Run:
         write_json(self.out_dir / SUMMARY, summary)
         best = summary["best_epoch"]
         n = summary["epochs_completed"]
+        if n == 0 and status == INTERRUPTED:
+            print(f"interrupted before the first epoch; results in {self.out_dir}")
+            return summary
         print(
             f"{status.replace('_', ' ')} after {n} epoch{'' if n == 1 else 's'}; "
             + (

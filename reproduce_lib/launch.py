@@ -81,11 +81,9 @@ def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
         return None
     saved = json.loads(config_path.read_text()).get("args", {})
     wanted = vars(parse_flags(run, run_dir))
-    differ = [
-        k
-        for k in sorted(set(saved) | set(wanted))
-        if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")
-    ]
+    # A flag absent from the saved config was added after that run was trained: the run had the
+    # behaviour of its default, which is what a run folder named after the same computation wants.
+    differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != wanted.get(k, "<absent>")]
     if not differ:
         return None
     return (
@@ -129,11 +127,25 @@ def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: set | 
 
 
 # ----------------------------------------------------------------- launchers
+def parse_visible_devices(listed: str) -> list[str]:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value makes visible, as CUDA reads it: entries
+    separated by commas, spaces around them ignored (``"0, 1"`` is GPUs 0 and 1), and the list ends
+    at the first invalid entry (``-1`` or an empty one): CUDA hides every device after it."""
+    devices = []
+    for entry in listed.split(","):
+        entry = entry.strip()
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break
+        devices.append(entry)
+    return devices
+
+
 def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (each one alone is a
+    valid value for a child's ``CUDA_VISIBLE_DEVICES``)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+        return parse_visible_devices(listed)
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
@@ -142,6 +154,22 @@ def visible_gpus() -> list[str]:
 def default_jobs() -> int:
     """One run at a time, or one per GPU when there are several."""
     return max(1, len(visible_gpus()))
+
+
+def gpu_slots(jobs: int, gpus: Sequence[str], log: Callable[[str], None] = print) -> list[str | None]:
+    """The GPU of each of the ``jobs`` concurrent runs (``None``: no GPU, the runs use the CPU):
+    the visible ``gpus`` in turn. Says so through ``log`` when runs must share a GPU (more jobs
+    than GPUs): they then share its memory and its time, which nothing else would tell."""
+    if not gpus:
+        return [None] * jobs
+    slots = [gpus[i % len(gpus)] for i in range(jobs)]
+    if jobs > len(gpus):
+        log(
+            f"warning: --jobs {jobs} with {len(gpus)} visible GPU{'s' if len(gpus) > 1 else ''} "
+            f"({', '.join(gpus)}): up to {-(-jobs // len(gpus))} runs share a GPU, its memory and its time; "
+            f"--jobs {len(gpus)} gives each run a GPU of its own"
+        )
+    return slots
 
 
 def thread_env(jobs: int) -> dict:
@@ -154,11 +182,13 @@ def thread_env(jobs: int) -> dict:
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
-def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
-    gpus = visible_gpus()
+def _run_local(runs, out_dir: Path, jobs: int, report, log: Callable[[str], None]) -> list[Outcome]:
     slots: Queue = Queue()  # one token per concurrent run; its GPU, if any
-    for i in range(jobs):
-        slots.put(gpus[i % len(gpus)] if gpus else None)
+    gpus = gpu_slots(jobs, visible_gpus(), log)
+    if gpus[0] is not None:
+        log(f"GPUs of the {jobs} concurrent runs (CUDA_VISIBLE_DEVICES of each): {', '.join(gpus)}")
+    for gpu in gpus:
+        slots.put(gpu)
     env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
 
     running: set = set()  # the runs' processes, to interrupt them with the sweep
@@ -240,7 +270,17 @@ class SlurmOptions:
     cluster: str | None = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
 
 
+def slurm_gpus_message(gpus: int) -> str:
+    """Why a Slurm job of one run may not hold ``gpus`` > 1 GPUs."""
+    return (
+        f"--slurm_gpus {gpus}: each run trains on one GPU, so a job of {gpus} would reserve "
+        f"{gpus - 1} that no one uses; use 1 (or 0 for CPU jobs)"
+    )
+
+
 def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outcome]:
+    if options.gpus_per_job > 1:
+        raise LaunchError(slurm_gpus_message(options.gpus_per_job))
     try:
         import submitit
     except ImportError:
@@ -327,5 +367,5 @@ def launch(
         elif launcher == "slurm":
             outcomes += _run_slurm(todo, out_dir, slurm, report)
         else:
-            outcomes += _run_local(todo, out_dir, jobs, report)
+            outcomes += _run_local(todo, out_dir, jobs, report, log)
     return outcomes
