@@ -134,12 +134,47 @@ class _FeatureLROptimizer(Optimizer):
             lrs.append(float(self.state[p]["feature_lr"]) * group["lr"])
         return lrs
 
+    def _update_rates(self, params: list[torch.Tensor], foreach: bool) -> list[torch.Tensor]:
+        """The feature rates that multiply the updates of ``params``.
+
+        torch's multi-tensor (foreach) kernels take same-shaped operands only: one compact
+        ``(out, 1, ...)`` or 0-d rate in a foreach op sends the whole op to one kernel per
+        tensor. So where those kernels exist (:func:`_multi_tensor_kernels`), the foreach
+        path gets the rates expanded to the parameters' shape and strides, made once and
+        cached outside ``state`` (not saved; rebuilt when the compact rates are replaced,
+        e.g. by ``load_state_dict``, or the parameter moves). That costs one more
+        parameter-sized tensor per parameter. Elsewhere (CPU, whose foreach ops are a loop
+        over the tensors anyway) and on the per-parameter path, the compact rates.
+        """
+        rates = self._feature_lrs_of(params)
+        if not foreach:
+            return rates
+        cache = self.__dict__.setdefault("_dense_rates", {})
+        out = []
+        for p, rate in zip(params, rates):
+            if not _multi_tensor_kernels(p.device):
+                out.append(rate)
+                continue
+            hit = cache.get(p)
+            # (a parameter moved to another device or dtype gets new compact rates: rebuilt too)
+            if hit is None or hit[0] is not rate or hit[1].shape != p.shape or hit[1].stride() != p.stride():
+                dense = torch.empty_like(p, memory_format=torch.preserve_format)
+                hit = cache[p] = (rate, dense.copy_(rate.expand_as(p)))
+            out.append(hit[1])
+        return out
+
     @staticmethod
     def _by_device_and_dtype(params: list[torch.Tensor]) -> dict[tuple, list[int]]:
         buckets = defaultdict(list)
         for i, p in enumerate(params):
             buckets[(p.device, p.dtype)].append(i)
         return buckets
+
+
+def _multi_tensor_kernels(device: torch.device) -> bool:
+    """Whether torch runs a foreach op on ``device`` as fused multi-tensor kernels (CUDA and
+    the other accelerators); on a CPU it is a loop over the tensors."""
+    return device.type != "cpu"
 
 
 class AlraoSGD(_FeatureLROptimizer):
@@ -155,7 +190,10 @@ class AlraoSGD(_FeatureLROptimizer):
             multiplies the momentum buffer, feature by feature. (The authors'
             code used a non-standard momentum, an effective ``1 - m*sqrt(lr)``
             per feature; this is not it.)
-        foreach: multi-tensor implementation (default) or per-parameter loop.
+        foreach: multi-tensor implementation (default) or per-parameter loop. On
+            an accelerator it keeps the rates expanded to each parameter's shape
+            (one more parameter-sized tensor per parameter, not saved), so that
+            torch's fused multi-tensor kernels apply.
         generator: ``torch.Generator`` for the feature rates (reproducibility).
         granularity: ``'feature'`` (the paper's Alrao) or ``'weight'``: one rate per
             weight of the pre-classifier, the paper's ablation (see
@@ -207,7 +245,7 @@ class AlraoSGD(_FeatureLROptimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            lrs = self._feature_lrs_of(params)
+            lrs = self._update_rates(params, group["foreach"])
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             kwargs = dict(
                 lr=group["lr"],
@@ -309,7 +347,7 @@ class AlraoAdam(_FeatureLROptimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            self._feature_lrs_of(params)
+            rates = self._update_rates(params, group["foreach"])
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
@@ -325,6 +363,7 @@ class AlraoAdam(_FeatureLROptimizer):
                 params,
                 [p.grad for p in params],
                 states,
+                rates,
                 lr=group["lr"],
                 betas=group["betas"],
                 eps=group["eps"],
@@ -336,10 +375,10 @@ class AlraoAdam(_FeatureLROptimizer):
         return loss
 
 
-def _adam_reference(params, grads, states, *, lr, betas, eps, weight_decay, amsgrad, maximize):
+def _adam_reference(params, grads, states, rates, *, lr, betas, eps, weight_decay, amsgrad, maximize):
     """Per-parameter Adam step (``states`` already hold the incremented ``step``)."""
     beta1, beta2 = betas
-    for p, grad, state in zip(params, grads, states):
+    for p, grad, state, rate in zip(params, grads, states, rates):
         grad = -grad if maximize else grad
         if weight_decay != 0:
             grad = grad.add(p, alpha=weight_decay)
@@ -353,11 +392,12 @@ def _adam_reference(params, grads, states, *, lr, betas, eps, weight_decay, amsg
             second = state["max_exp_avg_sq"]
         else:
             second = exp_avg_sq
-        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-        p.addcdiv_(exp_avg * state["feature_lr"], denom, value=-lr / bias_correction1)
+        # the rate divides the denominator (rather than multiplying exp_avg): no extra tensor
+        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps).div_(rate)
+        p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
-def _adam_foreach(params, grads, states, *, lr, betas, eps, weight_decay, amsgrad, maximize):
+def _adam_foreach(params, grads, states, rates, *, lr, betas, eps, weight_decay, amsgrad, maximize):
     """Multi-tensor Adam step: the same arithmetic as :func:`_adam_reference`."""
     beta1, beta2 = betas
     for idx in _FeatureLROptimizer._by_device_and_dtype(params).values():
@@ -381,5 +421,5 @@ def _adam_foreach(params, grads, states, *, lr, betas, eps, weight_decay, amsgra
             denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** s["step"]) for s in st])
         torch._foreach_add_(denom, eps)
-        numer = torch._foreach_mul(exp_avgs, [s["feature_lr"] for s in st])
-        torch._foreach_addcdiv_(ps, numer, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])
+        torch._foreach_div_(denom, [rates[i] for i in idx])
+        torch._foreach_addcdiv_(ps, exp_avgs, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])

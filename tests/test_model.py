@@ -139,12 +139,26 @@ def test_the_log_mixture_equals_logsumexp_over_the_finite_copies(mask):
 
 
 def test_each_copy_runs_once_per_step():
+    """No re-evaluation in the backward: the stacked copies cost one (vmapped) call of the
+    class's forward, the one-by-one fallback one call per copy."""
     m = make()
     x, y = batch()
     CountingClassifier.calls = 0
     loss = m.loss(m(x), y)
     loss.backward()
     m.update_switch()
+    assert CountingClassifier.calls == 1
+
+    class HostReading(CountingClassifier):  # .item() in forward: vmap cannot batch it
+        def forward(self, x):
+            self.last_max = x.max().item()
+            return super().forward(x)
+
+    m = make(cls=HostReading)
+    with pytest.warns(UserWarning, match="one by one"):
+        m(x)
+    CountingClassifier.calls = 0
+    m.loss(m(x), y).backward()
     assert CountingClassifier.calls == N_COPIES
 
 
