@@ -109,7 +109,9 @@ def _check_args(args) -> str | None:
         return f"--n_points 1 probes one rate: give --minLR = --maxLR (got {args.minLR:g} and {args.maxLR:g})"
     if args.n_points > 1 and not args.minLR < args.maxLR:
         return f"--minLR ({args.minLR:g}) must be smaller than --maxLR ({args.maxLR:g})"
-    return None
+    if args.dataset != "cifar10" and "data_path" in experiment.given_flags(args):
+        return f"--data_path {args.data_path} is not used by --dataset {args.dataset} (made in memory, no files)"
+    return experiment.check_log10_interval(args.minLR, args.maxLR)
 
 
 def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:

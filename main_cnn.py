@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import alrao
 import data
@@ -33,8 +32,9 @@ DEFAULTS = experiment.ScriptDefaults(
     min_lr_log10=-5,
     max_lr_log10=1,
     n_classifiers=10,
+    offline_datasets=("digits", "fake"),
 )
-DRY_RUN_BATCHES = 3  # batches per split with --dry_run
+DRY_RUN_BATCHES = 2  # batches per split with --dry_run
 REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
@@ -71,24 +71,29 @@ def _check_size_multiplier(args) -> str | None:
     return None
 
 
-def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -> dict:
+def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device, precision=None) -> dict:
     """One epoch of training; the epoch's mean loss / accuracy (per copy too, with Alrao),
-    and ``diverged: True`` if the training loss stopped being finite."""
+    and ``diverged: True`` if the training loss stopped being finite. ``precision``: the
+    ``--amp`` setting (:class:`experiment.Precision`; default float32)."""
+    precision = precision or experiment.Precision("off", torch.device(device))
     model.train()
     meter = experiment.Meter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = experiment.Progress(loader, desc=f"epoch {epoch}")
     means = {}
     try:
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            loss = model.loss(output, y)
+            with precision.autocast():
+                output = model(x)
+                loss = model.loss(output, y)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step(lambda loss=loss: loss)  # the closure gives the loss to optimizers that use it (AliG)
+            precision.backward(loss)
+            # the closure gives the loss to optimizers that use it (AliG)
+            stepped = precision.step(optimizer, lambda loss=loss: loss)
             if use_alrao:
                 meter.add(loss, output, y, model.last_copy_losses, model.last_copy_outputs)
-                model.update_switch()
+                if stepped:  # a step the gradient scaler skipped leaves the switch as it was
+                    model.update_switch()
             else:
                 meter.add(loss, output, y)
             if (i + 1) % REFRESH_EVERY == 0 or i + 1 == len(loader):
@@ -105,15 +110,21 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device) -
 
 
 @torch.no_grad()
-def evaluate(model, loader, device) -> dict:
-    """Mean loss (nats) and accuracy of the model's prediction (with Alrao, the switch average)."""
+def evaluate(model, loader, device, precision=None) -> dict:
+    """Mean loss (nats) and accuracy of the model's prediction (with Alrao, the switch average),
+    under the run's autocast (``precision``, default float32)."""
+    precision = precision or experiment.Precision("off", torch.device(device))
     model.eval()
     meter = experiment.Meter()
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            meter.add(F.nll_loss(output, y), output, y)
+            with precision.autocast():
+                output = model(x)
+                loss = F.nll_loss(output, y)
+            meter.add(loss, output, y)
+        if isinstance(model, alrao.AlraoModel):
+            model.check()  # the accelerator path's deferred divergence check: same score on every device
     except FloatingPointError:  # a diverged network: no prediction to score
         return {"loss": math.nan, "acc": math.nan}
     return meter.means()
@@ -122,9 +133,15 @@ def evaluate(model, loader, device) -> dict:
 @experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
-    device, device_text = experiment.choose_device(args.no_cuda)
+    ranks = experiment.Ranks.from_env(args.no_cuda)  # torchrun: this process's rank; else one rank
+    device, device_text = ranks.choose_device(args.no_cuda)
+    if device.type != "cpu" and args.num_workers and "num_workers" in experiment.given_flags(args):
+        experiment.exit_with_error(
+            PROG, f"--num_workers {args.num_workers} is not used on {device.type}: the data stays on the device"
+        )
     try:
-        run = experiment.Run(
+        precision = experiment.Precision(args.amp, device)  # before the run's folder: fp16 on a CPU stops here
+        run = ranks.run(
             args,
             PROG,
             f"cnn-{args.model_name}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
@@ -132,6 +149,8 @@ def main(args) -> dict:
         )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
+        if args.dry_run:
+            print(experiment.dry_run_line(args, DRY_RUN_BATCHES))
         experiment.seed_everything(args.seed)
         train_loader, valid_loader, test_loader, n_classes = data.get_image_loaders(
             args.dataset,
@@ -143,7 +162,8 @@ def main(args) -> dict:
             num_workers=args.num_workers,
             limit=DRY_RUN_BATCHES * args.batch_size if args.dry_run else None,
         )
-    except (experiment.UsageError, data.DataError) as error:
+        ranks.shard_loaders(train_loader, valid_loader, test_loader)  # --batch_size is the global batch
+    except (experiment.UsageError, experiment.UnsupportedPrecision, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
 
     with torch.device("meta"):  # the network's size, before any memory is allocated
@@ -153,6 +173,8 @@ def main(args) -> dict:
     model = experiment.build_model(
         args, preclassifier, alrao.LinearClassifier, preclassifier.num_features, n_classes, device=device
     ).to(device)
+    if args.compile:
+        model.compile()  # in place: the state_dict keys (checkpoints) stay those of the eager model
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(  # training images: Schedule-Free's BatchNorm statistics
         model, optimizer, args, calibration_batches=lambda: (x.to(device) for x, _ in train_loader)
@@ -163,18 +185,21 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
+    net = ranks.wrap(model, optimizer, device)  # DistributedDataParallel under several processes
     run.start(model, optimizer, hooks, n_outputs=n_classes, device=device_text, **counts)
     with run:
         for epoch in run.epochs():
             for loader in (train_loader, valid_loader, test_loader):
                 loader.set_epoch(epoch)  # data order is a function of (seed, epoch): resume is exact
             hooks.train()
-            train = train_epoch(model, train_loader, optimizer, args.use_alrao, epoch, device)
+            train = train_epoch(net, train_loader, optimizer, args.use_alrao, epoch, device, precision)
+            ranks.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere, as saved
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
                 splits.update(
-                    valid=evaluate(evaluated, valid_loader, device), test=evaluate(evaluated, test_loader, device)
+                    valid=evaluate(evaluated, valid_loader, device, precision),
+                    test=evaluate(evaluated, test_loader, device, precision),
                 )
             run.end_epoch(experiment.epoch_record(model, optimizer, splits, diverged=train["diverged"]))
     return run.finish()

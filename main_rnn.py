@@ -19,7 +19,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import alrao
 import data
@@ -37,9 +36,10 @@ DEFAULTS = experiment.ScriptDefaults(
     n_classifiers=6,
     data_path="datasets/ptb",
     data_loader=False,
+    offline_datasets=("pydoc",),
 )
 EVAL_BATCH_SIZE = 10  # parallel streams of the validation and test text (as the authors' code)
-DRY_RUN_BATCHES = 3  # bptt segments per split with --dry_run
+DRY_RUN_BATCHES = 2  # bptt segments per split with --dry_run
 REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
@@ -89,28 +89,34 @@ def clip_gradients(model, max_norm: float) -> None:
             torch.nn.utils.clip_grad_norm_(classifier.parameters(), max_norm)
 
 
-def train_epoch(model, source, optimizer, args, epoch: int) -> dict:
+def train_epoch(model, source, optimizer, args, epoch: int, precision=None) -> dict:
     """One pass over the batchified training text ``source`` (tokens, streams), ``args.bptt``
     tokens at a time, the hidden state carried across segments. Returns the epoch's mean loss /
-    accuracy per token (per copy too, with Alrao) and ``diverged``."""
+    accuracy per token (per copy too, with Alrao) and ``diverged``. ``precision``: the ``--amp``
+    setting (:class:`experiment.Precision`; default float32)."""
+    precision = precision or experiment.Precision("off", source.device)
     model.train()
     meter = experiment.Meter()
-    hidden = model.preclassifier.init_hidden(args.batch_size)
+    hidden = model.preclassifier.init_hidden(source.size(1))
     starts = range(0, source.size(0) - 1, args.bptt)
-    bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = experiment.Progress(starts, desc=f"epoch {epoch}")
     means = {}
     try:
         for i, start in enumerate(bar):
             inputs, targets = data.get_batch(source, start, args.bptt)
-            output, hidden = model(inputs, detach(hidden))
-            loss = model.loss(output, targets)
+            with precision.autocast():
+                output, hidden = model(inputs, detach(hidden))
+                loss = model.loss(output, targets)
             optimizer.zero_grad()
-            loss.backward()
+            precision.backward(loss)
+            precision.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             clip_gradients(model, args.clip)
-            optimizer.step(lambda loss=loss: loss)  # the closure gives the loss to optimizers that use it (AliG)
+            # the closure gives the loss to optimizers that use it (AliG)
+            stepped = precision.step(optimizer, lambda loss=loss: loss)
             if args.use_alrao:
                 meter.add(loss, output, targets, model.last_copy_losses, model.last_copy_outputs)
-                model.update_switch()
+                if stepped:  # a step the gradient scaler skipped leaves the switch as it was
+                    model.update_switch()
             else:
                 meter.add(loss, output, targets)
             if (i + 1) % REFRESH_EVERY == 0 or i + 1 == len(starts):
@@ -127,16 +133,22 @@ def train_epoch(model, source, optimizer, args, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, source, bptt: int) -> dict:
-    """Mean loss (nats per token) and accuracy of the model on the batchified text ``source``."""
+def evaluate(model, source, bptt: int, precision=None) -> dict:
+    """Mean loss (nats per token) and accuracy of the model on the batchified text ``source``,
+    under the run's autocast (``precision``, default float32)."""
+    precision = precision or experiment.Precision("off", source.device)
     model.eval()
     meter = experiment.Meter()
     hidden = model.preclassifier.init_hidden(source.size(1))
     try:
         for start in range(0, source.size(0) - 1, bptt):
             inputs, targets = data.get_batch(source, start, bptt)
-            output, hidden = model(inputs, hidden)
-            meter.add(F.nll_loss(output, targets), output, targets)
+            with precision.autocast():
+                output, hidden = model(inputs, hidden)
+                loss = F.nll_loss(output, targets)
+            meter.add(loss, output, targets)
+        if isinstance(model, alrao.AlraoModel):
+            model.check()  # the accelerator path's deferred divergence check: same score on every device
     except FloatingPointError:  # a diverged network: no prediction to score
         return {"loss": math.nan, "acc": math.nan}
     return meter.means()
@@ -150,10 +162,12 @@ def dry_run_tokens(tokens: torch.Tensor, n_streams: int, bptt: int) -> torch.Ten
 @experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
 def main(args) -> dict:
     """Run one training of ``args`` (from :func:`build_parser`); returns the run's summary."""
-    device, device_text = experiment.choose_device(args.no_cuda)
+    ranks = experiment.Ranks.from_env(args.no_cuda)  # torchrun: this process's rank; else one rank
+    device, device_text = ranks.choose_device(args.no_cuda)
     level = "char" if args.char_prediction else "word"
     try:
-        run = experiment.Run(
+        precision = experiment.Precision(args.amp, device)  # before the run's folder: fp16 on a CPU stops here
+        run = ranks.run(
             args,
             PROG,
             f"rnn-{args.dataset}-{level}-{'alrao' if args.use_alrao else 'plain'}-{args.optimizer}-seed{args.seed}",
@@ -161,9 +175,11 @@ def main(args) -> dict:
         )
         print("configuration:\n" + experiment.format_config(vars(args)))
         print(f"device: {device_text}")
+        if args.dry_run:
+            print(experiment.dry_run_line(args, DRY_RUN_BATCHES))
         experiment.seed_everything(args.seed)
         corpus = data.get_corpus(args.dataset, args.data_path, char_level=args.char_prediction)
-    except (experiment.UsageError, data.DataError) as error:
+    except (experiment.UsageError, experiment.UnsupportedPrecision, data.DataError) as error:
         experiment.exit_with_error(PROG, error)
     splits = {
         "train": (corpus.train, args.batch_size),
@@ -173,7 +189,11 @@ def main(args) -> dict:
     if args.dry_run:
         splits = {name: (dry_run_tokens(tokens, n, args.bptt), n) for name, (tokens, n) in splits.items()}
     try:
-        train_data, valid_data, test_data = (data.batchify(tokens, n).to(device) for tokens, n in splits.values())
+        train_data, valid_data, test_data = (  # under several processes, this rank's streams
+            ranks.columns(data.batchify(tokens, n), name == "train").to(device) for name, (tokens, n) in splits.items()
+        )
+    except experiment.UsageError as error:
+        experiment.exit_with_error(PROG, error)
     except ValueError as error:  # a split shorter than its number of streams
         experiment.exit_with_error(PROG, f"{error} (--dataset {args.dataset}, --batch_size {args.batch_size})")
     ntoken = len(corpus.dictionary)
@@ -186,6 +206,8 @@ def main(args) -> dict:
     model = experiment.build_model(args, preclassifier, alrao.LinearClassifierRNN, args.nhid, ntoken, device=device).to(
         device
     )
+    if args.compile:
+        model.compile()  # in place: the state_dict keys (checkpoints) stay those of the eager model
     optimizer = experiment.build_optimizer(model, args, experiment.derived_generator(args.seed, "feature_lrs"))
     hooks = experiment.build_optimizer_hooks(model, optimizer, args)
     counts = experiment.count_parameters(model)
@@ -194,16 +216,18 @@ def main(args) -> dict:
         f"({counts['n_parameters_without_copies'] / 1e6:.3f}M without the classifier copies)"
     )
 
+    net = ranks.wrap(model, optimizer, device)  # DistributedDataParallel under several processes
     run.start(model, optimizer, hooks, n_outputs=ntoken, device=device_text, ntoken=ntoken, **counts)
     with run:
         for epoch in run.epochs():
             hooks.train()
-            train = train_epoch(model, train_data, optimizer, args, epoch)
+            train = train_epoch(net, train_data, optimizer, args, epoch, precision)
             results = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
                 evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
                 results.update(
-                    valid=evaluate(evaluated, valid_data, args.bptt), test=evaluate(evaluated, test_data, args.bptt)
+                    valid=evaluate(evaluated, valid_data, args.bptt, precision),
+                    test=evaluate(evaluated, test_data, args.bptt, precision),
                 )
             run.end_epoch(
                 experiment.epoch_record(

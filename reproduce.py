@@ -17,6 +17,7 @@ on (exit status 1). --collect_only writes the tables and figures from the runs
 already there.
 """
 
+import dataclasses
 import shlex
 import signal
 import time
@@ -24,11 +25,20 @@ from pathlib import Path
 
 import data
 import experiment
+from experiment.provenance import RESULTS_SOURCES, source_hash
 from experiment.run import Terminated, check_writable_folder, sigterm_as_interrupt
 from reproduce_lib.aggregate import folder_problem
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
-from reproduce_lib.launch import LAUNCHERS, LaunchError, Outcome, SlurmOptions, default_jobs, launch
-from reproduce_lib.outputs import git_commit
+from reproduce_lib.launch import (
+    LAUNCHERS,
+    LaunchError,
+    Outcome,
+    SlurmOptions,
+    default_jobs,
+    launch,
+    slurm_gpus_message,
+)
+from reproduce_lib.outputs import git_commit, record_written
 from reproduce_lib.plan import Plan, unique
 from reproduce_lib.protocol import CNN_MODELS, MODEL_NAMES, PROFILES
 
@@ -96,16 +106,23 @@ def build_parser() -> experiment.ArgumentParser:
     what.add_argument(
         "--dry_run",
         action="store_true",
-        help="every run with --dry_run: a few batches, to check the whole pipeline in seconds",
+        help="check the whole pipeline quickly: every run with --dry_run (a few batches of at most 2 epochs), "
+        "seed 0 only unless --seeds, in this process unless --launcher or --jobs; its tables mean nothing "
+        "and go to <out_dir>/results",
     )
 
     where = parser.add_argument_group("where")
-    where.add_argument("--out_dir", default=None, help="folder of the runs (default: runs/reproduce-<profile>)")
+    where.add_argument(
+        "--out_dir",
+        default=None,
+        help="folder of the runs (default: runs/reproduce-<profile>, runs/reproduce-<profile>-dry_run with --dry_run)",
+    )
     where.add_argument(
         "--results_dir",
         default=None,
-        help="folder of the tables and figures (default: results/ for the paper profile, "
-        "results/<profile>/ for the others)",
+        help="folder of the tables and figures (default: the tracked results/ for the whole paper profile, "
+        "results/<profile>/ for the whole of another; <out_dir>/results for a dry run or a part of a profile "
+        "(--models, --seeds, --epochs, --dataset, --baselines), so that it never overwrites committed results)",
     )
 
     how = parser.add_argument_group("how")
@@ -123,6 +140,13 @@ def build_parser() -> experiment.ArgumentParser:
         help="runs at a time with --launcher local (default: one per visible GPU, or 1)",
     )
     how.add_argument(
+        "--gpus_per_run",
+        type=experiment.positive_int,
+        default=1,
+        help="GPUs of each run (local: torchrun, one process per GPU, or CPU processes without GPUs; "
+        "slurm: one task per GPU in each job); --batch_size stays each run's global batch",
+    )
+    how.add_argument(
         "--collect_only",
         action="store_true",
         help="train nothing: write the tables and figures from the runs already in --out_dir",
@@ -138,7 +162,7 @@ def build_parser() -> experiment.ArgumentParser:
         "--slurm_gpus",
         type=experiment.nonnegative_int,
         default=None,
-        help=f"GPUs per job (default: {SlurmOptions.gpus_per_job})",
+        help=f"GPUs per job: 1, as each run trains on one GPU, or 0 (default: {SlurmOptions.gpus_per_job})",
     )
     how.add_argument(
         "--slurm_cpus",
@@ -161,6 +185,15 @@ def _check(args) -> str | None:
     for flag in SLURM_FLAGS:
         if getattr(args, flag) is not None and args.launcher != "slurm":
             return f"--{flag} {getattr(args, flag)} is used only with --launcher slurm"
+    if args.slurm_gpus is not None and args.slurm_gpus > 1 and args.gpus_per_run == 1:
+        return slurm_gpus_message(args.slurm_gpus)
+    if args.gpus_per_run > 1 and args.launcher == "inline":
+        return f"--gpus_per_run {args.gpus_per_run} needs processes of their own: use --launcher local or slurm"
+    if args.gpus_per_run > 1 and args.slurm_gpus not in (None, 0, args.gpus_per_run):
+        return (
+            f"--slurm_gpus {args.slurm_gpus} with --gpus_per_run {args.gpus_per_run}: each process of a run "
+            f"takes one GPU (--slurm_gpus {args.gpus_per_run}, or 0 for CPU processes)"
+        )
     if args.collect_only and (args.jobs is not None or args.launcher != "local"):
         return "--collect_only trains nothing: it takes no --launcher or --jobs"
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -178,16 +211,40 @@ def _check(args) -> str | None:
                 f"--dataset {args.dataset} is {'an image' if cnn else 'a text'} data set, but --models "
                 f"{' '.join(args.models)} has no {'CNN' if cnn else 'LSTM'}"
             )
+    if args.dry_run and "launcher" not in args.given and args.jobs is None:
+        # a dry run's few batches take a second; starting a Python with torch for each takes more
+        args.launcher = "inline"
     if args.out_dir is None:
-        args.out_dir = str(Path("runs") / f"reproduce-{args.profile}")
+        args.out_dir = str(Path("runs") / f"reproduce-{args.profile}{'-dry_run' if args.dry_run else ''}")
     if args.results_dir is None:
-        args.results_dir = "results" if args.profile == "paper" else str(Path("results") / args.profile)
+        args.results_dir = str(default_results_dir(args))
+    elif args.dry_run and is_tracked_results(Path(args.results_dir)):
+        return f"--results_dir {args.results_dir}: a dry run's numbers mean nothing and are not written over results/"
     for flag in ("results_dir",) if args.collect_only else ("out_dir", "results_dir"):  # --collect_only reads runs
         try:
             check_writable_folder(Path(getattr(args, flag)), f"--{flag}")
         except experiment.UsageError as error:
             return str(error)
     return None
+
+
+#: What narrows a profile: a sweep with any of these is a part of it (its results are not the profile's).
+PART_FLAGS = ("models", "seeds", "epochs", "dataset", "baselines")
+
+
+def default_results_dir(args) -> Path:
+    """``results/`` (paper) or ``results/<profile>`` for the whole of a profile; ``<out_dir>/results``
+    for a dry run or a part of a profile, which must not replace the committed tables."""
+    if args.dry_run or any(getattr(args, flag) is not None for flag in PART_FLAGS):
+        return Path(args.out_dir) / "results"
+    return Path("results") if args.profile == "paper" else Path("results") / args.profile
+
+
+def is_tracked_results(path: Path) -> bool:
+    """Whether ``path`` is (in) the repository's results/ folder."""
+    results = (Path(__file__).resolve().parent / "results").resolve()
+    path = path.resolve()
+    return path == results or results in path.parents
 
 
 def command_line(args) -> str:
@@ -212,7 +269,8 @@ def main(args) -> int:
     plan = Plan(
         PROFILES[args.profile],
         models=tuple(args.models) if args.models else None,
-        seeds=tuple(args.seeds) if args.seeds else None,
+        # a dry sweep checks the pipeline: one seed is enough (and halves its time and disk)
+        seeds=tuple(args.seeds) if args.seeds else (0,) if args.dry_run else None,
         epochs=args.epochs,
         dataset=args.dataset,
         dry_run=args.dry_run,
@@ -221,6 +279,11 @@ def main(args) -> int:
     out_dir, results_dir = Path(args.out_dir), Path(args.results_dir)
     runs = unique(run for name in args.experiments for run in EXPERIMENTS[name].runs(plan))
     print(f"{', '.join(args.experiments)}, profile {args.profile}: {len(runs)} runs in {out_dir}")
+    if args.dry_run:
+        print(
+            f"dry run: each run trains a few batches (see main_cnn.py --help), seeds {plan.seeds or 'all'}; "
+            f"the tables and figures in {results_dir} check the pipeline, their numbers mean nothing"
+        )
     for name in args.experiments:
         for warning in EXPERIMENTS[name].warnings(plan):
             print(f"{name}: {warning}")
@@ -234,13 +297,17 @@ def main(args) -> int:
                     ("timeout_min", args.slurm_timeout_min),
                     ("gpus_per_job", args.slurm_gpus),
                     ("cpus_per_job", args.slurm_cpus),
+                    ("processes_per_job", args.gpus_per_run),
                 )
                 if value is not None
             }
         )
+        if args.gpus_per_run > 1 and args.slurm_gpus is None:
+            slurm = dataclasses.replace(slurm, gpus_per_job=args.gpus_per_run)
         try:
             with sigterm_as_interrupt():
-                outcomes = launch(runs, out_dir, args.launcher, args.jobs or default_jobs(), slurm)
+                jobs = args.jobs or default_jobs(args.gpus_per_run)
+                outcomes = launch(runs, out_dir, args.launcher, jobs, slurm, gpus_per_run=args.gpus_per_run)
         except LaunchError as error:
             experiment.exit_with_error(PROG, error)
         except KeyboardInterrupt as interrupt:
@@ -249,11 +316,14 @@ def main(args) -> int:
         failed = [o for o in outcomes if not o.ok]
     else:  # the runs whose files cannot be read are reported as failed (they count as missing)
         failed = [Outcome(run, False, problem) for run in runs if (problem := folder_problem(out_dir / run.folder))]
-    context = Context(plan, out_dir, results_dir, git_commit(), command_line(args))
+    code = source_hash(RESULTS_SOURCES)
+    context = Context(plan, out_dir, results_dir, git_commit(), command_line(args), code)
     reports = dict.fromkeys(EXPERIMENTS[name].report for name in args.experiments)  # table1 and width share one
     written = [path for report in reports for path in report(context)]
     for path in written:
         print(f"wrote {path}")
+    if written:
+        print(f"wrote {record_written(results_dir, written, code, context.commit, context.command)}")
     if failed:
         print(f"{len(failed)} of {len(runs)} runs failed:")
         for outcome in failed:

@@ -7,7 +7,9 @@ learning rates, averaged by the switch. See README.md for the training loop.
 """
 
 from .alig import AliG
+from .device_path import accelerator_path, on_accelerator_path
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
+from .likelihood import GaussianNLL
 from .lr_sampling import register_feature_rule, sample_feature_lrs
 from .lr_scan import LRScanResult, lr_scan, plot_lr_scan
 from .model import AlraoModel, classifier_lrs
@@ -26,6 +28,7 @@ __all__ = [
     "LinearClassifier",
     "LinearClassifierRNN",
     "LinearRegressor",
+    "GaussianNLL",
     "relative_lr",
     "relative_weight_decay",
     "relative_factors",
@@ -34,4 +37,6 @@ __all__ = [
     "plot_lr_scan",
     "LRScanResult",
     "AliG",
+    "accelerator_path",
+    "on_accelerator_path",
 ]

@@ -8,19 +8,26 @@ first (``y_mix``, used by the average) goes to ``z``; one arriving through the
 second (``y_own``, used by the copies' own losses) goes to the parameters. The
 cost is one ordinary forward and backward pass through the copies.
 
-Two implementations: :class:`_LinearCopies` for the built-in linear layers of
-``alrao.layers`` (all copies in one matrix product, the backward written out),
-and :class:`_ClassifierCopies` for any other classifier module (one call per
-copy, the backward by autograd on the copies' own graph).
+Three implementations: :class:`_LinearCopies` for the built-in linear layers
+of ``alrao.layers`` (all copies in one matrix product, the backward written
+out); :class:`_StackedCopies` for any other classifier class (the copies'
+parameters stacked along a new first dimension and the class's forward run
+once on them, batched by ``torch.func.vmap``; the backward by autograd on that
+one graph); and :class:`_ClassifierCopies`, one call per copy, the fallback for
+modules vmap cannot batch (see :func:`evaluate_copies`).
 
 A copy whose output is not finite (too large a learning rate) sends no
 gradient anywhere: its NaNs never reach the pre-classifier nor its own
 parameters, and the average leaves it out (``finite`` mask).
 """
 
+import warnings
+
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
+from .device_path import known_all_finite
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 
 # Built-in layers whose copies go through _LinearCopies:
@@ -32,10 +39,9 @@ _LINEAR_HEADS = {
 }
 
 
-def known_all_finite(finite: torch.Tensor) -> bool:
-    """Whether the mask ``finite`` is known to be all true without waiting for an accelerator:
-    read on a CPU, where it costs nothing; elsewhere ``False`` (the masked path, no sync)."""
-    return finite.device.type == "cpu" and bool(finite.all())
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs matrix products in on ``device``; ``None`` outside autocast."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,21 +52,130 @@ def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Ten
     if not torch.is_grad_enabled():
         if batched:
             linears = [getattr(c, head[0]) for c in copies]
-            y, finite, _ = _linear_forward(z, [lin.weight for lin in linears], [lin.bias for lin in linears], head)
+            weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
+            y, finite, _, _ = _linear_forward(z, weights, biases, head, autocast_dtype(z.device))
             return y, y, finite
-        y = torch.stack([c(z) for c in copies])
-        return y, y, torch.isfinite(y.reshape(len(copies), -1)).all(dim=1)
+        return _generic_copies(copies, z)
     if batched:
         linears = [getattr(c, head[0]) for c in copies]
         params = [p for lin in linears for p in (lin.weight, lin.bias)]
         return _LinearCopies.apply(head, z, *params)
+    return _generic_copies(copies, z)
+
+
+# Classifier classes whose forward vmap failed on -> why: their copies run one by one.
+_UNBATCHABLE: dict[type, str] = {}
+# (class, reason) pairs already warned about: one warning each.
+_WARNED: set[tuple[type, str]] = set()
+
+
+class _NotBatchable(Exception):
+    pass
+
+
+def _generic_copies(copies: list[nn.Module], z: torch.Tensor):
+    """Copies of any classifier class: stacked and evaluated together by vmap when possible.
+
+    Falls back to one call per copy (:class:`_ClassifierCopies`), with one warning per
+    class, when the copies cannot be stacked (different classes or parameter shapes), when
+    they hold buffers while training (a module may update them in forward, e.g. BatchNorm's
+    running statistics, and under vmap the update would go to a stacked copy of the buffers,
+    not to the modules), or when vmap fails on the class's forward (in-place writes into an
+    unbatched tensor, data-dependent control flow, reading a value on the host, ...). The
+    fallback gives the same values and gradients, at the cost of one call per copy.
+    """
+    cls = type(copies[0])
+    reason = _UNBATCHABLE.get(cls)
+    if reason is None:
+        named = [list(c.named_parameters()) for c in copies]
+        reason = _stacking_obstacle(copies, named)
+    if reason is None:
+        try:
+            return _stacked(copies, named, z)
+        except (RuntimeError, NotImplementedError, _NotBatchable) as error:
+            reason = f"vmap cannot batch its forward ({type(error).__name__}: {str(error).splitlines()[0]})"
+    result = _one_by_one(copies, z)  # a genuine error in the class's forward surfaces here
+    if reason.startswith("vmap"):
+        _UNBATCHABLE[cls] = reason
+    if (cls, reason) not in _WARNED:
+        _WARNED.add((cls, reason))
+        warnings.warn(
+            f"AlraoModel: the copies of {cls.__qualname__} are evaluated one by one (slower): {reason}",
+            stacklevel=4,
+        )
+    return result
+
+
+def _stacking_obstacle(copies: list[nn.Module], named: list[list]) -> str | None:
+    """Why the copies (``named``: each copy's ``named_parameters()``) cannot share one vmap
+    call, or None."""
+    spec = [(n, p.shape, p.dtype, p.device) for n, p in named[0]]
+    if not spec:
+        return "the copies have no parameters"
+    for c, params in zip(copies[1:], named[1:]):
+        if type(c) is not type(copies[0]) or [(n, p.shape, p.dtype, p.device) for n, p in params] != spec:
+            return "the copies differ in class or parameter shapes"
+    first = copies[0]
+    if next(first.buffers(), None) is not None and any(
+        m.training and next(m.buffers(recurse=False), None) is not None for m in first.modules()
+    ):
+        return "it holds buffers and is in training mode (e.g. BatchNorm: running statistics)"
+    return None
+
+
+def _one_by_one(copies, z):
+    if not torch.is_grad_enabled():
+        y = torch.stack([c(z) for c in copies])
+        return y, y, torch.isfinite(y.reshape(len(copies), -1)).all(dim=1)
     owned = [(j, p) for j, c in enumerate(copies) for p in c.parameters()]
     return _ClassifierCopies.apply(copies, [j for j, _ in owned], z, *(p for _, p in owned))
 
 
-def _linear_forward(z, weights, biases, head):
-    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask and the stacked
-    weights ``(N, K, d)``.
+def _stacked(copies, named, z):
+    names = [n for n, _ in named[0]]
+    params = [params[k][1] for k in range(len(names)) for params in named]  # name-major
+    if not torch.is_grad_enabled():
+        n = len(copies)
+        stacked = [torch.stack(params[k * n : (k + 1) * n]) for k in range(len(names))]
+        y = _vmapped(copies, names, stacked, z, z_batched=False)
+        return y, y, _finite_copies(y)
+    return _StackedCopies.apply(copies, names, z, *params)
+
+
+def _finite_copies(y: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` mask of the copies whose outputs ``y[j]`` are finite, by one reduction (the
+    rule of :func:`_linear_forward`: a NaN or inf makes the sum non-finite)."""
+    return torch.isfinite(y.reshape(y.shape[0], -1).sum(dim=1))
+
+
+def _vmapped(copies, names, stacked, z, z_batched):
+    """The copies' outputs ``(N, ...)`` from one vmapped call of the first copy's forward on
+    the stacked parameters (``stacked[k]``: parameter ``names[k]`` of every copy, ``(N, ...)``)
+    and buffers; ``z`` is ``(N, ...)`` if ``z_batched``, else shared by the copies."""
+    buffers = {}
+    if next(copies[0].buffers(), None) is not None:
+        named = [list(c.named_buffers()) for c in copies]
+        buffers = {b: torch.stack([bufs[k][1] for bufs in named]) for k, (b, _) in enumerate(named[0])}
+    versions = [t._version for t in buffers.values()]
+
+    def call(p, b, x):
+        return functional_call(copies[0], (p, b), (x,))
+
+    y = vmap(call, in_dims=(0, 0, 0 if z_batched else None), randomness="different")(
+        dict(zip(names, stacked)), buffers, z
+    )
+    if [t._version for t in buffers.values()] != versions:
+        raise _NotBatchable("its forward writes into its buffers")
+    return y
+
+
+def _linear_forward(z, weights, biases, head, low):
+    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask, the input
+    ``(T, d)`` and the stacked weights ``(N, K, d)`` as multiplied.
+
+    ``low``: under ``torch.autocast``, its dtype: the matrix product runs in it
+    and the outputs (log-softmax included) come out in float32, the copies'
+    parameters keeping their own dtype. ``None``: the tensors' own dtypes.
 
     A copy counts as finite when the sum of its outputs is: one reduction
     instead of an elementwise test (a NaN or inf anywhere makes the sum
@@ -69,9 +184,13 @@ def _linear_forward(z, weights, biases, head):
     _, log_softmax, flatten = head
     x = z.reshape(-1, z.shape[-1]) if flatten else z
     weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
+    if low is not None:
+        x, weight, bias = x.to(low), weight.to(low), bias.to(low)
     a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
+    if low is not None:
+        a = a.float()
     y = torch.log_softmax(a, dim=-1) if log_softmax else a
-    return y, torch.isfinite(y.sum(dim=(1, 2))), weight
+    return y, torch.isfinite(y.sum(dim=(1, 2))), x, weight
 
 
 class _LinearCopies(torch.autograd.Function):
@@ -80,10 +199,10 @@ class _LinearCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, z, *params):
         ctx.set_materialize_grads(False)
-        y, finite, weight = _linear_forward(z, params[0::2], params[1::2], head)
-        x = z.reshape(-1, z.shape[-1]) if head[2] else z
+        low = autocast_dtype(z.device)
+        y, finite, x, weight = _linear_forward(z, params[0::2], params[1::2], head, low)
         ctx.save_for_backward(x, weight, y, finite)
-        ctx.head, ctx.z_shape = head, z.shape
+        ctx.head, ctx.z_shape, ctx.z_dtype, ctx.param_dtype = head, z.shape, z.dtype, params[0].dtype
         ctx.mark_non_differentiable(finite)
         return y, y.detach(), finite
 
@@ -112,12 +231,15 @@ class _LinearCopies(torch.autograd.Function):
         if grad_mix is not None and ctx.needs_input_grad[1]:
             # A diverged copy's weights may hold NaN: 0 * NaN would leak into z.
             safe_weight = torch.where(keep, weight, zero) if masked else weight
-            grad_z = torch.bmm(grad_pre_activation(grad_mix), safe_weight).sum(dim=0).reshape(ctx.z_shape)
+            # (under autocast the products run in the forward's low dtype, like autocast's own backward)
+            grad_pre = grad_pre_activation(grad_mix).to(weight.dtype)
+            grad_z = torch.bmm(grad_pre, safe_weight).sum(dim=0).reshape(ctx.z_shape).to(ctx.z_dtype)
         grads = [None] * (2 * n)
         if grad_own is not None:
             g = grad_pre_activation(grad_own)
-            grad_weight = torch.bmm(g.transpose(1, 2), x.expand(n, -1, -1))  # (N, K, d)
-            grad_bias = g.sum(dim=1)  # (N, K)
+            grad_weight = torch.bmm(g.transpose(1, 2).to(x.dtype), x.expand(n, -1, -1))  # (N, K, d)
+            grad_weight = grad_weight.to(ctx.param_dtype)
+            grad_bias = g.sum(dim=1).to(ctx.param_dtype)  # (N, K)
             for j in range(n):
                 if ctx.needs_input_grad[2 + 2 * j]:
                     grads[2 * j] = grad_weight[j]
@@ -178,4 +300,65 @@ class _ClassifierCopies(torch.autograd.Function):
                         grad_params[i] = torch.where(
                             finite[owner[i]], g, torch.zeros((), dtype=g.dtype, device=g.device)
                         )
+        return (None, None, grad_z, *grad_params)
+
+
+class _StackedCopies(torch.autograd.Function):
+    """All copies of one classifier class in one vmapped call (same contract as
+    :class:`_ClassifierCopies`: ``(y_mix, y_own, finite)``, the two gradients routed
+    as in the paper, nothing from a diverged copy).
+
+    The inputs are the copies' own parameters, name-major (``N`` tensors per parameter
+    name); the forward stacks each name's ``N`` tensors into one leaf and feeds ``z`` as
+    ``N`` expanded copies (one leaf), so that the backward yields each copy's
+    contribution to the gradient of ``z`` separately (to leave out the diverged ones).
+    The copies' parameters (``nn.Parameter``) stay the ones the optimizer updates: each receives
+    its slice of the stacked leaf's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, copies, names, z, *params):
+        ctx.set_materialize_grads(False)
+        n = len(copies)
+        stacked = [torch.stack(params[k * n : (k + 1) * n]) for k in range(len(names))]
+        for k, leaf in enumerate(stacked):
+            leaf.requires_grad_(any(ctx.needs_input_grad[3 + k * n : 3 + (k + 1) * n]))
+        z_in = z.detach().expand(n, *z.shape).requires_grad_(ctx.needs_input_grad[2])
+        with torch.enable_grad():
+            y_inner = _vmapped(copies, names, stacked, z_in, z_batched=True)
+        y = y_inner.detach()
+        finite = _finite_copies(y)
+        ctx.inner = (z_in, stacked, y_inner, finite)
+        ctx.mark_non_differentiable(finite)
+        return y, y.detach(), finite
+
+    @staticmethod
+    def backward(ctx, grad_mix, grad_own, _):
+        z_in, stacked, y_inner, finite = ctx.inner
+        ctx.inner = None
+        n = finite.numel()
+        masked = not known_all_finite(finite)
+
+        def keep(g):  # a diverged copy's slice of the gradient set to zero
+            if not masked:
+                return g
+            zero = torch.zeros((), dtype=g.dtype, device=g.device)
+            return torch.where(finite.view(n, *(1,) * (g.dim() - 1)), g, zero)
+
+        grad_z = None
+        wanted = [leaf for leaf in stacked if leaf.requires_grad]
+        if grad_mix is not None and z_in.requires_grad:
+            (g,) = torch.autograd.grad(
+                y_inner, z_in, grad_mix, allow_unused=True, retain_graph=grad_own is not None and bool(wanted)
+            )
+            grad_z = None if g is None else keep(g).sum(dim=0)
+        grad_params = [None] * (n * len(stacked))
+        if grad_own is not None and wanted:
+            grads = iter(torch.autograd.grad(y_inner, wanted, grad_own, allow_unused=True))
+            for k, leaf in enumerate(stacked):
+                g = next(grads) if leaf.requires_grad else None
+                if g is not None:
+                    for j, g_j in enumerate(keep(g).unbind(0)):
+                        if ctx.needs_input_grad[3 + k * n + j]:
+                            grad_params[k * n + j] = g_j
         return (None, None, grad_z, *grad_params)

@@ -12,6 +12,11 @@ broadcast against its parameter: rates are stored compactly (``(out, 1, 1, 1)``
 for a conv filter bank) rather than at the parameter's full size.
 
 Custom layers get a rule with :func:`register_feature_rule`.
+
+The paper's ablation ("per weight instead of per feature") draws one
+rate per *weight* instead: ``granularity='weight'`` gives every element of
+every parameter its own rate, at the parameter's full size. It is much worse
+when ``max_lr`` is large; it exists to reproduce that comparison.
 """
 
 import math
@@ -22,6 +27,9 @@ import torch
 from torch import nn
 
 Draw = Callable[[int], torch.Tensor]
+
+#: ``'feature'``: one rate per feature (the paper's Alrao); ``'weight'``: one per weight (its ablation).
+GRANULARITIES = ("feature", "weight")
 Rule = Callable[[nn.Module, Draw], dict[str, torch.Tensor]]
 
 _RULES: dict[type, Rule] = {}
@@ -150,8 +158,18 @@ def check_lr_interval(min_lr: float, max_lr: float) -> None:
         raise ValueError(f"max_lr must be a finite learning rate >= min_lr={min_lr!r}, got {max_lr!r}")
 
 
+def check_granularity(granularity: str) -> None:
+    """Raise ValueError unless ``granularity`` is one of :data:`GRANULARITIES`."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+
+
 def sample_feature_lrs(
-    module: nn.Module, min_lr: float, max_lr: float, generator: torch.Generator | None = None
+    module: nn.Module,
+    min_lr: float,
+    max_lr: float,
+    generator: torch.Generator | None = None,
+    granularity: str = "feature",
 ) -> dict[nn.Parameter, torch.Tensor]:
     """One learning rate per feature of ``module``, log-uniform in ``[min_lr, max_lr]``.
 
@@ -160,6 +178,10 @@ def sample_feature_lrs(
             (for Alrao, the pre-classifier).
         min_lr, max_lr: ends of the interval (learning rates, not their log10).
         generator: a CPU ``torch.Generator``; the same seed gives the same rates.
+        granularity: ``'feature'`` (the paper's Alrao: the layer rules below) or
+            ``'weight'`` (the paper's ablation: one rate per element of every
+            parameter, stored at the parameter's full shape; no rule is used and
+            nothing is warned about).
 
     Returns:
         ``{parameter: rates}`` for every parameter of ``module``; ``rates`` has
@@ -168,9 +190,15 @@ def sample_feature_lrs(
         Parameters of layer types without a rule get :func:`fallback_lrs`, with
         one warning naming them.
     """
+    check_granularity(granularity)
     draw = log_uniform_sampler(min_lr, max_lr, generator)
     lrs: dict[nn.Parameter, torch.Tensor] = {}
     uncovered = []
+    if granularity == "weight":
+        for param in module.parameters():  # each shared parameter once
+            rate = draw(param.numel()).reshape(param.shape)
+            lrs[param] = rate.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+        return lrs
     for mod_name, mod in module.named_modules():
         own = dict(mod.named_parameters(recurse=False))
         if not own:

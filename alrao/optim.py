@@ -10,6 +10,14 @@ so every ``torch.optim.lr_scheduler`` scales all the rates unchanged.
 
 With ``min_lr == max_lr == c`` both optimizers equal ``torch.optim.SGD`` /
 ``torch.optim.Adam`` at ``lr=c`` with the same options (to float rounding).
+
+Either order works: an optimizer built before ``model.to(device)`` (or a dtype
+change) moves the feature rates to their parameter's device and dtype at its
+first step, as torch's optimizers create their state lazily.
+
+Built on an :class:`alrao.AlraoModel`, the optimizer tells the model after
+each step it takes (a Python call, no device read), so that a step skipped by
+a ``torch.amp.GradScaler`` also skips the switch update (see ``alrao/model.py``).
 """
 
 import math
@@ -20,7 +28,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .lr_sampling import check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
+from .lr_sampling import check_granularity, check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
 from .model import AlraoModel, classifier_lrs
 from .relative import relative_param_groups
 
@@ -34,7 +42,13 @@ class _FeatureLROptimizer(Optimizer):
     """Shared part of the Alrao optimizers: building the groups and the feature rates."""
 
     def __init__(
-        self, model: nn.Module, min_lr: float, max_lr: float, defaults: dict, generator: torch.Generator | None
+        self,
+        model: nn.Module,
+        min_lr: float,
+        max_lr: float,
+        defaults: dict,
+        generator: torch.Generator | None,
+        granularity: str = "feature",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -42,20 +56,45 @@ class _FeatureLROptimizer(Optimizer):
                 f"not {type(model).__name__}: feature learning rates are defined by its layers"
             )
         check_lr_interval(min_lr, max_lr)
+        check_granularity(granularity)
         self._generator = generator
         if isinstance(model, AlraoModel):
-            rates = sample_feature_lrs(model.preclassifier, min_lr, max_lr, generator)
+            # The copies keep one rate each whatever the granularity: the ablation is the pre-classifier's.
+            rates = sample_feature_lrs(model.preclassifier, min_lr, max_lr, generator, granularity)
+            if isinstance(model.loss_fn, nn.Module):  # a learned variance (alrao.GaussianNLL): trained like a feature
+                rates.update(sample_feature_lrs(model.loss_fn, min_lr, max_lr, generator, granularity))
             self._copy_params = [next(c.parameters(), None) for c in model.classifiers]
             for eta, copy in zip(classifier_lrs(min_lr, max_lr, model.n_classifiers), model.classifiers):
                 for p in copy.parameters():
                     rates.setdefault(p, torch.tensor(eta, dtype=p.dtype, device=p.device))
         else:
-            rates = sample_feature_lrs(model, min_lr, max_lr, generator)
+            rates = sample_feature_lrs(model, min_lr, max_lr, generator, granularity)
             self._copy_params = []
         self._pending_rates = rates
-        defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, **defaults)
+        defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, granularity=granularity, **defaults)
         super().__init__(relative_param_groups(model, lr=1.0, weight_decay=defaults["weight_decay"]), defaults)
         del self._pending_rates
+        self._alrao_model = model if isinstance(model, AlraoModel) else None
+        if self._alrao_model is not None:
+            model._attach_optimizer(self)
+
+    def _feature_lrs_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The feature rates of ``params``, moved (once, in the state) to each parameter's device
+        and dtype if the model was moved after the optimizer was built."""
+        rates = []
+        for p in params:
+            state = self.state[p]
+            rate = state["feature_lr"]
+            if rate.device != p.device or rate.dtype != p.dtype:
+                rate = state["feature_lr"] = rate.to(device=p.device, dtype=p.dtype)
+            rates.append(rate)
+        return rates
+
+    def _stepped(self) -> None:
+        # Not reached when a GradScaler skips the step: it does not call step() then.
+        model = getattr(self, "_alrao_model", None)  # absent on an unpickled optimizer
+        if model is not None:
+            model._optimizer_stepped()
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; parameters that did not come with the model get fallback
@@ -71,7 +110,10 @@ class _FeatureLROptimizer(Optimizer):
                 rate = pending[p]
             else:
                 draw = draw or log_uniform_sampler(group["min_lr"], group["max_lr"], self._generator)
-                rate = fallback_lrs(p, draw).to(device=p.device, dtype=p.dtype)
+                per_weight = group.get("granularity") == "weight"
+                rate = (draw(p.numel()).reshape(p.shape) if per_weight else fallback_lrs(p, draw)).to(
+                    device=p.device, dtype=p.dtype
+                )
                 warnings.warn(
                     f"{type(self).__name__}: parameter of shape {tuple(p.shape)} added without a "
                     "module; it gets one learning rate per slice along dim 0",
@@ -92,12 +134,47 @@ class _FeatureLROptimizer(Optimizer):
             lrs.append(float(self.state[p]["feature_lr"]) * group["lr"])
         return lrs
 
+    def _update_rates(self, params: list[torch.Tensor], foreach: bool) -> list[torch.Tensor]:
+        """The feature rates that multiply the updates of ``params``.
+
+        torch's multi-tensor (foreach) kernels take same-shaped operands only: one compact
+        ``(out, 1, ...)`` or 0-d rate in a foreach op sends the whole op to one kernel per
+        tensor. So where those kernels exist (:func:`_multi_tensor_kernels`), the foreach
+        path gets the rates expanded to the parameters' shape and strides, made once and
+        cached outside ``state`` (not saved; rebuilt when the compact rates are replaced,
+        e.g. by ``load_state_dict``, or the parameter moves). That costs one more
+        parameter-sized tensor per parameter. Elsewhere (CPU, whose foreach ops are a loop
+        over the tensors anyway) and on the per-parameter path, the compact rates.
+        """
+        rates = self._feature_lrs_of(params)
+        if not foreach:
+            return rates
+        cache = self.__dict__.setdefault("_dense_rates", {})
+        out = []
+        for p, rate in zip(params, rates):
+            if not _multi_tensor_kernels(p.device):
+                out.append(rate)
+                continue
+            hit = cache.get(p)
+            # (a parameter moved to another device or dtype gets new compact rates: rebuilt too)
+            if hit is None or hit[0] is not rate or hit[1].shape != p.shape or hit[1].stride() != p.stride():
+                dense = torch.empty_like(p, memory_format=torch.preserve_format)
+                hit = cache[p] = (rate, dense.copy_(rate.expand_as(p)))
+            out.append(hit[1])
+        return out
+
     @staticmethod
     def _by_device_and_dtype(params: list[torch.Tensor]) -> dict[tuple, list[int]]:
         buckets = defaultdict(list)
         for i, p in enumerate(params):
             buckets[(p.device, p.dtype)].append(i)
         return buckets
+
+
+def _multi_tensor_kernels(device: torch.device) -> bool:
+    """Whether torch runs a foreach op on ``device`` as fused multi-tensor kernels (CUDA and
+    the other accelerators); on a CPU it is a loop over the tensors."""
+    return device.type != "cpu"
 
 
 class AlraoSGD(_FeatureLROptimizer):
@@ -113,8 +190,14 @@ class AlraoSGD(_FeatureLROptimizer):
             multiplies the momentum buffer, feature by feature. (The authors'
             code used a non-standard momentum, an effective ``1 - m*sqrt(lr)``
             per feature; this is not it.)
-        foreach: multi-tensor implementation (default) or per-parameter loop.
+        foreach: multi-tensor implementation (default) or per-parameter loop. On
+            an accelerator it keeps the rates expanded to each parameter's shape
+            (one more parameter-sized tensor per parameter, not saved), so that
+            torch's fused multi-tensor kernels apply.
         generator: ``torch.Generator`` for the feature rates (reproducibility).
+        granularity: ``'feature'`` (the paper's Alrao) or ``'weight'``: one rate per
+            weight of the pre-classifier, the paper's ablation (see
+            :func:`alrao.sample_feature_lrs`); the copies keep one rate each.
 
     Relative rates and weight decay marked with :func:`alrao.relative_lr` /
     :func:`alrao.relative_weight_decay` become group multipliers.
@@ -133,6 +216,7 @@ class AlraoSGD(_FeatureLROptimizer):
         maximize: bool = False,
         foreach: bool = True,
         generator: torch.Generator | None = None,
+        granularity: str = "feature",
     ):
         _check("momentum", momentum, momentum >= 0.0, ">= 0")
         _check("dampening", dampening, 0.0 <= dampening <= 1.0, "in [0, 1]")
@@ -147,7 +231,7 @@ class AlraoSGD(_FeatureLROptimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(model, min_lr, max_lr, defaults, generator)
+        super().__init__(model, min_lr, max_lr, defaults, generator, granularity)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -161,7 +245,7 @@ class AlraoSGD(_FeatureLROptimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            lrs = [self.state[p]["feature_lr"] for p in params]
+            lrs = self._update_rates(params, group["foreach"])
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             kwargs = dict(
                 lr=group["lr"],
@@ -176,6 +260,7 @@ class AlraoSGD(_FeatureLROptimizer):
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
+        self._stepped()
         return loss
 
 
@@ -222,7 +307,7 @@ class AlraoAdam(_FeatureLROptimizer):
     scaled by that feature's learning rate (instead of one global ``lr``).
 
     Args:
-        model, min_lr, max_lr, foreach, generator: as in :class:`AlraoSGD`.
+        model, min_lr, max_lr, foreach, generator, granularity: as in :class:`AlraoSGD`.
         betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.Adam``
             (weight decay is the L2 penalty added to the gradient, like torch's
             Adam; the authors' Alrao-Adam silently dropped it, and momentum).
@@ -241,6 +326,7 @@ class AlraoAdam(_FeatureLROptimizer):
         maximize: bool = False,
         foreach: bool = True,
         generator: torch.Generator | None = None,
+        granularity: str = "feature",
     ):
         _check("betas", betas, len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas), "two numbers in [0, 1)")
         _check("eps", eps, eps >= 0.0, ">= 0")
@@ -248,7 +334,7 @@ class AlraoAdam(_FeatureLROptimizer):
         defaults = dict(
             betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, foreach=foreach
         )
-        super().__init__(model, min_lr, max_lr, defaults, generator)
+        super().__init__(model, min_lr, max_lr, defaults, generator, granularity)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -261,6 +347,7 @@ class AlraoAdam(_FeatureLROptimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            rates = self._update_rates(params, group["foreach"])
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
@@ -276,6 +363,7 @@ class AlraoAdam(_FeatureLROptimizer):
                 params,
                 [p.grad for p in params],
                 states,
+                rates,
                 lr=group["lr"],
                 betas=group["betas"],
                 eps=group["eps"],
@@ -283,13 +371,14 @@ class AlraoAdam(_FeatureLROptimizer):
                 amsgrad=group["amsgrad"],
                 maximize=group["maximize"],
             )
+        self._stepped()
         return loss
 
 
-def _adam_reference(params, grads, states, *, lr, betas, eps, weight_decay, amsgrad, maximize):
+def _adam_reference(params, grads, states, rates, *, lr, betas, eps, weight_decay, amsgrad, maximize):
     """Per-parameter Adam step (``states`` already hold the incremented ``step``)."""
     beta1, beta2 = betas
-    for p, grad, state in zip(params, grads, states):
+    for p, grad, state, rate in zip(params, grads, states, rates):
         grad = -grad if maximize else grad
         if weight_decay != 0:
             grad = grad.add(p, alpha=weight_decay)
@@ -303,11 +392,12 @@ def _adam_reference(params, grads, states, *, lr, betas, eps, weight_decay, amsg
             second = state["max_exp_avg_sq"]
         else:
             second = exp_avg_sq
-        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-        p.addcdiv_(exp_avg * state["feature_lr"], denom, value=-lr / bias_correction1)
+        # the rate divides the denominator (rather than multiplying exp_avg): no extra tensor
+        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps).div_(rate)
+        p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
-def _adam_foreach(params, grads, states, *, lr, betas, eps, weight_decay, amsgrad, maximize):
+def _adam_foreach(params, grads, states, rates, *, lr, betas, eps, weight_decay, amsgrad, maximize):
     """Multi-tensor Adam step: the same arithmetic as :func:`_adam_reference`."""
     beta1, beta2 = betas
     for idx in _FeatureLROptimizer._by_device_and_dtype(params).values():
@@ -331,5 +421,5 @@ def _adam_foreach(params, grads, states, *, lr, betas, eps, weight_decay, amsgra
             denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** s["step"]) for s in st])
         torch._foreach_add_(denom, eps)
-        numer = torch._foreach_mul(exp_avgs, [s["feature_lr"] for s in st])
-        torch._foreach_addcdiv_(ps, numer, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])
+        torch._foreach_div_(denom, [rates[i] for i in idx])
+        torch._foreach_addcdiv_(ps, exp_avgs, denom, [-lr / (1 - beta1 ** s["step"]) for s in st])

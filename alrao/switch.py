@@ -27,7 +27,10 @@ class Switch(nn.Module):
 
     All the state is in buffers (``logw``, ``log_posterior``, ``t``), so it is
     saved by ``state_dict()``, moved by ``.to()``, and updated on the device
-    without synchronising with the host.
+    without synchronising with the host. The log-weights stay float32 (or
+    float64, when asked for) whatever the model's dtype: ``model.half()`` or
+    ``.to(torch.bfloat16)`` leaves them float32, and the step counter ``t``
+    is an integer.
     """
 
     def __init__(self, n_models: int, theta: float = 0.9999):
@@ -51,6 +54,18 @@ class Switch(nn.Module):
             "_log_prior_switch", torch.tensor([[math.log(theta)], [math.log1p(-theta)]]), persistent=False
         )
 
+    def _apply(self, fn, recurse=True):
+        # A cast to a half-precision type (model.half(), .to(torch.bfloat16)) keeps the
+        # log-weights float32: in float16 the counter t overflows at 65,504 and a step's
+        # loss differences vanish. The cast is done from the original values, not rounded.
+        def keep_float32(tensor):
+            out = fn(tensor)
+            if out.is_floating_point() and out.element_size() < 4 <= tensor.element_size():
+                return tensor.to(device=out.device, dtype=torch.float32)
+            return out
+
+        return super()._apply(keep_float32, recurse)
+
     def posterior(self) -> torch.Tensor:
         """Posterior probabilities of the models, shape ``(n_models,)``, summing to 1."""
         return self.log_posterior.exp()
@@ -65,17 +80,26 @@ class Switch(nn.Module):
                 ``+inf``: that model gets probability zero for this step (it may
                 receive mass again through later switches). If every loss is
                 non-finite the update is skipped.
+
+        The recurrence is invariant to subtracting one constant from every
+        loss; the smallest finite loss is subtracted first, so that the
+        log-weights keep their precision when the losses are huge (in float32,
+        ``1e9 - 1.4 == 1e9``).
         """
         losses = losses.detach().to(self.logw.dtype).reshape(-1)
         if losses.numel() != self.n_models:
             raise ValueError(f"Switch.update expects {self.n_models} losses, got shape {tuple(losses.shape)}")
         finite = torch.isfinite(losses)
         losses = torch.where(finite, losses, torch.full_like(losses, math.inf))
+        best = losses.amin()  # the smallest finite loss; inf if there is none
+        losses = losses - torch.where(torch.isfinite(best), best, torch.zeros_like(best))
 
         logw = self.logw - losses
+        # t counts in int64; its logarithms are taken in the state's dtype, in forms that stay
+        # accurate for large t (log(1 - 1/(t+1)) = -log1p(1/t), not log t - log1p t).
         t = self.t.to(logw.dtype)
         log_pi = -torch.log1p(t)  # log(1 / (t + 1))
-        log_1m_pi = torch.log(t) - torch.log1p(t)  # log(1 - 1 / (t + 1))
+        log_1m_pi = -torch.log1p(t.reciprocal())  # log(1 - 1 / (t + 1))
         pool = torch.logsumexp(logw[0], dim=0) + log_pi
         logw = torch.cat([logw[:1] + log_1m_pi, logw[1:]], dim=0)
         logw = torch.logaddexp(logw, self._log_prior_switch + pool - math.log(self.n_models))

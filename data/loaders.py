@@ -78,6 +78,34 @@ class _EpochLoader:
         self.batch_size = _check_batch_size(batch_size)
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.epoch = 0  # the epoch of the next iteration
+        self.rank, self.world, self.drop_uneven = 0, 1, False
+
+    def shard(self, rank: int, world: int, drop_uneven: bool) -> None:
+        """Yield only rank ``rank``'s part of every batch, of ``world`` contiguous parts (several
+        processes, one run: ``batch_size`` stays the global batch). ``drop_uneven``: every part has
+        ``size // world`` examples, the last ``size % world`` of a batch are left out (training: the
+        ranks step together on equal shards); otherwise the parts differ by one at most.
+        A rank's empty part is skipped."""
+        if not (0 <= rank < world):
+            raise ValueError(f"shard: rank must be in [0, {world}), got {rank!r}")
+        self.rank, self.world, self.drop_uneven = rank, world, drop_uneven
+
+    def _part(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's ``[lo, hi)`` of the global batch ``[start, stop)``."""
+        size = stop - start
+        if self.drop_uneven:
+            lo = start + self.rank * (size // self.world)
+            return lo, lo + size // self.world
+        base, extra = divmod(size, self.world)
+        lo = start + self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (self.rank < extra)
+
+    def _parts(self):
+        """``[lo, hi)`` of each non-empty batch this rank yields, in order."""
+        for start in range(0, self.n_examples, self.batch_size):
+            lo, hi = self._part(start, min(start + self.batch_size, self.n_examples))
+            if hi > lo:
+                yield lo, hi
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (an integer >= 0)."""
@@ -89,6 +117,8 @@ class _EpochLoader:
 
     def __len__(self) -> int:
         """Number of batches per epoch (the last, partial batch included)."""
+        if self.world > 1:
+            return sum(1 for _ in self._parts())
         return math.ceil(self.n_examples / self.batch_size)
 
 
@@ -160,8 +190,7 @@ class DeviceLoader(_EpochLoader):
         order = epoch_permutation(self.n_examples, self.seed, epoch).to(self.device) if self.shuffle else None
         if self.augment:
             offsets, flips = self._augmentation_draws(epoch)
-        for start in range(0, self.n_examples, self.batch_size):
-            stop = min(start + self.batch_size, self.n_examples)
+        for start, stop in self._parts():
             if order is None:
                 x, y = self.images[start:stop], self.labels[start:stop]
             else:
@@ -207,18 +236,21 @@ class _ImageDataset(Dataset):
         return self.normalise(x), self.labels[i]
 
 
-class _EpochSampler(Sampler):
-    def __init__(self, n: int, shuffle: bool, seed: int):
-        self.n, self.shuffle, self.seed = n, shuffle, seed
+class _EpochBatches(Sampler):
+    """The indices of each batch of the loader's epoch (its shard's part of each, see ``shard``)."""
+
+    def __init__(self, loader: _EpochLoader):
+        self.loader = loader
         self.epoch = 0
 
     def __iter__(self):
-        if self.shuffle:
-            return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
-        return iter(range(self.n))
+        loader = self.loader
+        order = epoch_permutation(loader.n_examples, loader.seed, self.epoch) if loader.shuffle else None
+        for lo, hi in loader._parts():
+            yield order[lo:hi].tolist() if order is not None else list(range(lo, hi))
 
     def __len__(self):
-        return self.n
+        return len(self.loader)
 
 
 class HostLoader(_EpochLoader):
@@ -237,17 +269,15 @@ class HostLoader(_EpochLoader):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         self.dataset = _ImageDataset(images, labels, mean=mean, std=std, augment=augment, hflip=hflip, seed=seed)
-        self.sampler = _EpochSampler(len(labels), shuffle, seed)
+        self.sampler = _EpochBatches(self)
         # Workers are started anew each epoch so that they see the dataset's current epoch.
         # The private generator keeps DataLoader from drawing its workers' base seed from
         # torch's global generator, which would shift the run's other random draws.
         self.loader = DataLoader(
             self.dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.sampler,
             num_workers=num_workers,
             persistent_workers=False,
-            drop_last=False,
             generator=torch.Generator().manual_seed(derive_seed(seed, _HOST_AUGMENT)),
         )
 

@@ -14,6 +14,9 @@ with Alrao is fair:
   paper's protocol (Table 1). The Schedule-Free README recommends a warmup
   (``warmup_steps``) but it is a step count that the runner cannot choose
   without knowing the data set: none is used, which we state here.
+- DoG and LDoG keep their state on the parameters' device after ``load_state_dict`` (the
+  package moves it to the CPU; see :func:`_on_the_parameters_device`, which also says where
+  their step reads the host).
 - DoG is always combined with the authors' ``PolynomialDecayAverager``
   (their README: "DoG/L-DoG must be combined with iterate averaging"); its
   averaged model is the one evaluated and saved as ``best.pt``. ``reps_rel``
@@ -215,10 +218,47 @@ def dadapt_adam(model, lr, args):
     )
 
 
+def move_group_tensors(optimizer: torch.optim.Optimizer) -> None:
+    """Put every tensor kept in a parameter group (not the parameters) on the device of the
+    group's first parameter."""
+    for group in optimizer.param_groups:
+        device = group["params"][0].device
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if isinstance(value, torch.Tensor):
+                group[key] = value.to(device)
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                group[key] = [v.to(device) for v in value]
+
+
+def _on_the_parameters_device(cls: type) -> type:
+    """``cls`` (DoG or LDoG of dog-optimizer 1.0.3) with a ``load_state_dict`` that leaves its
+    state on the parameters' device.
+
+    The package keeps its state in the parameter groups (``rbar``, ``G``, ``eta``,
+    ``init_buffer``) and its ``load_state_dict`` moves all of them but ``init_buffer`` to the CPU:
+    a run resumed on CUDA would then mix devices (LDoG's ``torch.maximum(rbar, ...)`` of a CPU
+    and a CUDA vector fails; DoG's ``G += ...`` on a CPU tensor with a CUDA operand too).
+    Everything else is the package's: its step reads the host at every step (``assert G > 0``,
+    and each parameter's step size ``eta``, a device tensor, passed as ``alpha``), a device
+    synchronisation per parameter per step on CUDA that we leave as its authors wrote it.
+    """
+
+    class OnTheParametersDevice(cls):
+        def load_state_dict(self, state_dict: dict) -> None:
+            super().load_state_dict(state_dict)
+            move_group_tensors(self)
+
+    OnTheParametersDevice.__name__ = OnTheParametersDevice.__qualname__ = cls.__name__
+    OnTheParametersDevice.__doc__ = cls.__doc__
+    return OnTheParametersDevice
+
+
 def _dog(name):
     def build(model, lr, args):
         reps_rel = 1e-4 if has_batch_norm(model) else 1e-6  # the authors' README
-        cls = getattr(import_baseline("dog", "dog-optimizer", name), name)
+        cls = _on_the_parameters_device(getattr(import_baseline("dog", "dog-optimizer", name), name))
         return cls(model.parameters(), lr=lr, reps_rel=reps_rel, weight_decay=args.weight_decay)
 
     return build

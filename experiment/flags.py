@@ -8,9 +8,11 @@ status 2) naming the bad value.
 """
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .baselines import LR_OF_BASELINES
 from .optimizers import OPTIMIZERS, check_optimizer_flags
@@ -18,7 +20,23 @@ from .optimizers import OPTIMIZERS, check_optimizer_flags
 GROUPS = ("data", "model", "optimisation", "Alrao", "run")
 PATIENCE = 20  # the paper's early stopping: 20 epochs without a better validation loss
 EPOCHS = 50
+# A dry run trains a few batches for DRY_RUN_EPOCHS epochs, or --epochs if fewer than
+# DRY_RUN_MAX_EPOCHS (a second epoch runs from the first one's checkpoint state), whatever
+# --epochs says: it checks a command, every phase once, in seconds.
 DRY_RUN_EPOCHS = 1
+DRY_RUN_MAX_EPOCHS = 2
+# ... and on batches of at most DRY_RUN_MAX_BATCH_SIZE (a GoogLeNet step on 32 images takes
+# 10-15 s on a shared CPU core): it checks the code path, not the memory of a full batch.
+DRY_RUN_MAX_BATCH_SIZE = 8
+# Flags a resumed run may change: they do not change what is computed, only where, how fast,
+# or for how many epochs. `--resume --out_dir DIR` alone takes every other flag from the run's
+# config.json; a change to one of these is recorded there (its "resumes" list).
+RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
+# Alrao's interval ends are log10 of learning rates: a value that can only be a rate typed as
+# such (0 < x < 1, e.g. 1e-5) or a rate above 10**MAX_LR_LOG10 is refused (see _check_log10).
+MAX_LR_LOG10 = 3
+# alrao.lr_sampling.GRANULARITIES, spelled out so that --help needs no torch (a test keeps them equal)
+GRANULARITIES = ("feature", "weight")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -32,24 +50,51 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class Flags(argparse.Namespace):
+    """The parsed flags, plus what ``vars(flags)`` (the run's recorded configuration) leaves out:
+
+    ``given``: the destinations of the flags typed on the command line (not defaulted);
+    ``notes``: lines the script prints with its configuration (e.g. what a dry run does);
+    ``resumed_changes``: with ``--resume``, ``{flag: [recorded value, new value]}`` of the
+    resumable flags changed, and ``previous_resumes`` the record of earlier ones.
+    """
+
+    __slots__ = ("given", "notes", "resumed_changes", "previous_resumes")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.given, self.notes, self.resumed_changes, self.previous_resumes = frozenset(), [], {}, []
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An ``argparse.ArgumentParser`` that also runs checks across flags.
 
     ``add_check(check)``: after parsing, ``check(args)`` may complete ``args``
     (defaults that depend on other flags) and returns an error message or
     ``None``; a message becomes an argparse error (usage, message, exit 2).
+    The result is a :class:`Flags`, whose ``given`` names the flags typed.
     """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(**kwargs)
         self._checks = []
+        self._given = set()
 
     def add_check(self, check: Callable[[argparse.Namespace], str | None]) -> None:
         self._checks.append(check)
 
+    def _get_values(self, action, arg_strings):
+        # argparse converts the strings of each flag it meets here (never for a default):
+        # the one place that knows which flags were typed.
+        self._given.add(action.dest)
+        return super()._get_values(action, arg_strings)
+
     def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
+        self._given = set()
+        namespace, extras = super().parse_known_args(args, namespace if namespace is not None else Flags())
+        if isinstance(namespace, Flags):
+            namespace.given = frozenset(self._given)
         for check in self._checks:
             message = check(namespace)
             if message:
@@ -95,6 +140,7 @@ class ScriptDefaults:
     ``data_path``: the default folder of the data files.
     ``data_loader``: the script reads its data through a loader with worker
     processes (``--num_workers``); a script without one does not get the flag.
+    ``offline_datasets``: the data sets made in memory, which read no ``--data_path``.
     """
 
     datasets: Sequence[str]
@@ -106,6 +152,7 @@ class ScriptDefaults:
     n_classifiers: int
     data_path: str = "datasets"
     data_loader: bool = True
+    offline_datasets: Sequence[str] = ()
 
 
 def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> dict[str, argparse._ArgumentGroup]:
@@ -164,7 +211,8 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         "--epochs",
         type=positive_int,
         default=None,
-        help=f"maximal number of training epochs (default: {EPOCHS}, or {DRY_RUN_EPOCHS} with --dry_run)",
+        help=f"maximal number of training epochs (default: {EPOCHS}; with --dry_run {DRY_RUN_EPOCHS}, "
+        f"at most {DRY_RUN_MAX_EPOCHS})",
     )
     optim.add_argument(
         "--early_stopping",
@@ -204,6 +252,13 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         default=None,
         help=f"number of classifier copies (default: {defaults.n_classifiers})",
     )
+    alrao_group.add_argument(
+        "--lr_granularity",
+        choices=list(GRANULARITIES),
+        default=None,
+        help="feature: one random learning rate per feature (the paper's Alrao; default with --use_alrao); "
+        "weight: one per weight of the pre-classifier (the paper's ablation, much worse for a large max_lr)",
+    )
 
     run = groups["run"]
     run.add_argument(
@@ -214,25 +269,79 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
     )
     run.add_argument("--out_dir", default=None, help="folder of this run's files (default: a new folder under runs/)")
     run.add_argument(
-        "--resume", action="store_true", help="continue the run saved in --out_dir from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out_dir from its last checkpoint, with the flags recorded in its "
+        "config.json; only "
+        + ", ".join(flag_name(k) for k in sorted(RESUMABLE_FLAGS - {"resume", "out_dir"}))
+        + " may be given again, with new values (recorded in config.json)",
     )
     run.add_argument(
-        "--dry_run", action="store_true", help="a few batches of each split, to check a command in seconds"
+        "--dry_run",
+        action="store_true",
+        help=f"check a command in seconds: a few batches (of at most {DRY_RUN_MAX_BATCH_SIZE} examples) of each "
+        f"split for {DRY_RUN_EPOCHS} epoch (at most {DRY_RUN_MAX_EPOCHS} with --epochs), with validation, test "
+        "and checkpoints, on offline data unless --dataset; its numbers mean nothing",
     )
     run.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    run.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="mixed precision: the forward and the loss under torch.autocast in bfloat16 or float16 "
+        "(fp16: CUDA only, with a gradient scaler); the Alrao switch stays float32",
+    )
+    run.add_argument(
+        "--compile", action="store_true", help="compile the model's forward with torch.compile (model.compile())"
+    )
 
     parser.add_check(lambda args: _resolve_common(args, defaults))
     return groups
 
 
+def flag_name(dest: str) -> str:
+    """The command-line spelling of a flag's destination: ``'no_cuda'`` -> ``'--no-cuda'``."""
+    return "--no-cuda" if dest == "no_cuda" else f"--{dest}"
+
+
+def dry_run_line(args: argparse.Namespace, batches: int) -> str:
+    """What a dry run does, said once at its start (with the flags it changed)."""
+    notes = [n.removeprefix("--dry_run: ") for n in getattr(args, "notes", [])]
+    return (
+        f"dry run: {batches} batches of {args.batch_size} per split, {args.epochs} epoch"
+        f"{'' if args.epochs == 1 else 's'} of training, validation, test and checkpoints (resumable); "
+        + (f"{'; '.join(notes)}; " if notes else "")
+        + "its numbers mean nothing"
+    )
+
+
+def given_flags(args: argparse.Namespace) -> frozenset:
+    """The destinations of the flags typed on the command line (all of them for a plain Namespace)."""
+    return args.given if isinstance(args, Flags) else frozenset(vars(args))
+
+
 def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str | None:
     """Fill the defaults that depend on other flags; the first inconsistency found, as a message."""
+    if args.resume and args.out_dir is None:
+        return "--resume needs --out_dir, the folder of the run to continue"
+    if args.resume:
+        message = _resume_flags(args)
+        if message:
+            return message
     if args.dataset is None:
         args.dataset = defaults.dry_run_dataset if args.dry_run else defaults.dataset
     if args.epochs is None:
         args.epochs = DRY_RUN_EPOCHS if args.dry_run else EPOCHS
-    if args.resume and args.out_dir is None:
-        return "--resume needs --out_dir, the folder of the run to continue"
+    if args.dry_run and args.epochs > DRY_RUN_MAX_EPOCHS:
+        if isinstance(args, Flags):
+            args.notes.append(f"--dry_run: --epochs {args.epochs} is cut to {DRY_RUN_MAX_EPOCHS}")
+        args.epochs = DRY_RUN_MAX_EPOCHS
+    if args.dry_run and args.batch_size > DRY_RUN_MAX_BATCH_SIZE:
+        if isinstance(args, Flags):
+            args.notes.append(f"--dry_run: --batch_size {args.batch_size} is cut to {DRY_RUN_MAX_BATCH_SIZE}")
+        args.batch_size = DRY_RUN_MAX_BATCH_SIZE
+    if args.dataset in defaults.offline_datasets and "data_path" in given_flags(args):
+        return f"--data_path {args.data_path} is not used by --dataset {args.dataset} (made in memory, no files)"
     if not args.early_stopping and args.patience is not None:
         return f"--patience {args.patience} is used only with early stopping (not with --no-early_stopping)"
     if args.early_stopping and args.patience is None:
@@ -244,6 +353,8 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         for flag in ("minLR", "maxLR", "n_last_layers"):
             if getattr(args, flag) is not None:
                 return f"--{flag} {getattr(args, flag):g} is used only with --use_alrao"
+        if args.lr_granularity is not None:
+            return f"--lr_granularity {args.lr_granularity} is used only with --use_alrao"
         if args.lr is None:
             args.lr = OPTIMIZERS[args.optimizer].default_lr
         return None
@@ -258,9 +369,72 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         args.maxLR = defaults.max_lr_log10
     if args.n_last_layers is None:
         args.n_last_layers = defaults.n_classifiers
+    if args.lr_granularity is None:
+        args.lr_granularity = GRANULARITIES[0]
     if args.minLR > args.maxLR:
         return (
             f"--minLR {args.minLR:g} is above --maxLR {args.maxLR:g}: they are log10 of the "
             "interval's lower and upper ends, so --minLR must be <= --maxLR"
         )
+    return check_log10_interval(args.minLR, args.maxLR)
+
+
+def check_log10_interval(min_lr_log10: float, max_lr_log10: float, flags=("--minLR", "--maxLR")) -> str | None:
+    """Why ``(min_lr_log10, max_lr_log10)``, log10 of Alrao's learning rates, cannot be meant, or ``None``.
+
+    Learning rates typed where their log10 is expected read as absurd intervals:
+    ``--minLR 1e-5 --maxLR 10`` is [10**1e-5, 10**10], about [1, 1e10], and every copy
+    diverges. Refused: an end strictly between 0 and 1 (a log10 is rarely a fraction of one
+    decade there, a rate often is) and an upper end above :data:`MAX_LR_LOG10` (rates above 1000).
+    """
+    low, high = flags
+    for flag, value in ((low, min_lr_log10), (high, max_lr_log10)):
+        if 0 < value < 1:
+            return (
+                f"{flag} {value:g} would mean a learning rate of 10**{value:g} = {10.0**value:.4g}: {low} and "
+                f"{high} are log10 of the rates ({low} -5 means 1e-5, {high} 1 means 10)"
+            )
+    if max_lr_log10 > MAX_LR_LOG10:
+        return (
+            f"{high} {max_lr_log10:g} would mean learning rates up to 1e{max_lr_log10:g} (valid: at most "
+            f"{MAX_LR_LOG10}, i.e. 1e{MAX_LR_LOG10}): {low} and {high} are log10 of the rates "
+            f"({low} -5 means 1e-5, {high} 1 means 10)"
+        )
+    return None
+
+
+def _resume_flags(args: argparse.Namespace) -> str | None:
+    """``--resume``: take the flags of the run recorded in ``<out_dir>/config.json``; the flags
+    typed must be resumable ones or repeat the recorded values. Without a config (no run there),
+    the flags stay as typed and the run reports what it finds."""
+    path = Path(args.out_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        saved = config["args"]
+        if not isinstance(saved, dict):
+            raise TypeError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--resume: cannot read the run's flags from {path} (not a config.json written by a run)"
+    given = given_flags(args)
+    differ = [k for k in sorted(given - RESUMABLE_FLAGS) if saved.get(k, "<absent>") != getattr(args, k)]
+    if differ:
+        changes = ", ".join(f"{flag_name(k)} {getattr(args, k)} (run: {saved.get(k, '<absent>')})" for k in differ)
+        return (
+            f"--resume: the command differs from the run in {args.out_dir}: {changes}; `--resume --out_dir "
+            f"{args.out_dir}` alone continues it, and only "
+            f"{', '.join(flag_name(k) for k in sorted(RESUMABLE_FLAGS - {'resume', 'out_dir'}))} may change"
+        )
+    if isinstance(args, Flags):
+        args.resumed_changes = {
+            k: [saved[k], getattr(args, k)]
+            for k in sorted(given & RESUMABLE_FLAGS - {"resume", "out_dir"})
+            if k in saved and saved[k] != getattr(args, k)
+        }
+        previous = config.get("resumes", [])
+        args.previous_resumes = previous if isinstance(previous, list) else []
+    for key, value in saved.items():
+        if key not in given:
+            setattr(args, key, value)
     return None

@@ -1,11 +1,17 @@
-"""Running means of one epoch's loss and accuracy, kept on the device, and the epoch's record."""
+"""Running means of one epoch's loss and accuracy, kept on the device, the epoch's record, and
+the progress shown while an epoch trains."""
 
 import math
+import sys
+import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import alrao
+
+from .distributed import sum_over_ranks, world_size
 
 
 class Meter:
@@ -57,13 +63,24 @@ class Meter:
 
     def means(self) -> dict:
         """``{'loss', 'acc'}`` (mean loss in nats, accuracy as a fraction in [0, 1]), plus
-        ``{'copy_loss', 'copy_acc'}`` lists when copies were added. NaN when empty."""
-        if self.count == 0:
+        ``{'copy_loss', 'copy_acc'}`` lists when copies were added. NaN when empty.
+        Under several processes, the sums of every rank's batches (a collective: every rank
+        calls it at the same point; see ``experiment/distributed.py``)."""
+        count, loss_sum, correct = self.count, self.loss_sum, self.correct
+        copy_loss_sum, copy_correct = self.copy_loss_sum, self.copy_correct
+        if world_size() > 1:
+            copies = [copy_loss_sum, copy_correct] if copy_loss_sum is not None else []
+            count, loss_sum, correct, *copies = sum_over_ranks(
+                [count, 0.0 if loss_sum is None else loss_sum, 0 if correct is None else correct, *copies]
+            )
+            count = int(count)
+            copy_loss_sum, copy_correct = copies or (None, None)
+        if count == 0:
             return {"loss": float("nan"), "acc": float("nan")}
-        out = {"loss": self.loss_sum.item() / self.count, "acc": self.correct.item() / self.count}
-        if self.copy_loss_sum is not None:
-            out["copy_loss"] = (self.copy_loss_sum / self.count).tolist()
-            out["copy_acc"] = (self.copy_correct.double() / self.count).tolist()
+        out = {"loss": loss_sum.item() / count, "acc": correct.item() / count}
+        if copy_loss_sum is not None:
+            out["copy_loss"] = (copy_loss_sum / count).tolist()
+            out["copy_acc"] = (copy_correct.double() / count).tolist()
         return out
 
 
@@ -111,3 +128,52 @@ def epoch_record(
         record["lr"] = group["lr"] if "lr" in group else group["max_lr"]  # AliG's rate is its max_lr
     record["diverged"] = diverged
     return record
+
+
+class Progress:
+    """Progress through one epoch's batches: a tqdm bar on a terminal; elsewhere (a log file, a
+    pipe, a sweep's subprocess) a plain line every ``every_s`` seconds, so that a log holds no
+    carriage-return frames and the epoch's summary starts on its own line.
+
+    Iterate over it as over ``iterable``; :meth:`set_postfix` gives the running numbers to show
+    (e.g. ``{'loss': '2.3026', 'acc': '10.00%'}``); :meth:`close` ends the bar.
+    """
+
+    def __init__(self, iterable, desc: str, every_s: float = 30.0, stream=None):
+        self.iterable, self.desc, self.every_s = iterable, desc, every_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.postfix: dict = {}
+        self.bar = None
+        if _is_terminal(self.stream):
+            self.bar = tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+
+    def __iter__(self):
+        if self.bar is not None:
+            yield from self.bar
+            return
+        total = len(self.iterable) if hasattr(self.iterable, "__len__") else None
+        last = time.monotonic()
+        for i, item in enumerate(self.iterable):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.every_s:
+                last = now
+                numbers = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+                done = f"{i + 1}/{total}" if total is not None else f"{i + 1}"
+                print(f"{self.desc}: batch {done}" + (f" ({numbers})" if numbers else ""), file=self.stream)
+
+    def set_postfix(self, postfix: dict) -> None:
+        self.postfix = dict(postfix)
+        if self.bar is not None:
+            self.bar.set_postfix(postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

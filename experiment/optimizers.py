@@ -61,7 +61,13 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay
         ),
         alrao=lambda model, min_lr, max_lr, args, generator: alrao.AlraoSGD(
-            model, min_lr, max_lr, momentum=args.momentum, weight_decay=args.weight_decay, generator=generator
+            model,
+            min_lr,
+            max_lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            generator=generator,
+            granularity=_granularity(args),
         ),
     ),
     "Adam": OptimizerSpec(
@@ -69,7 +75,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         flags=frozenset({"weight_decay"}),
         plain=lambda model, lr, args: torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay),
         alrao=lambda model, min_lr, max_lr, args, generator: alrao.AlraoAdam(
-            model, min_lr, max_lr, weight_decay=args.weight_decay, generator=generator
+            model, min_lr, max_lr, weight_decay=args.weight_decay, generator=generator, granularity=_granularity(args)
         ),
     ),
     # Tuning-free baselines, built as their authors document them (experiment/baselines.py).
@@ -165,6 +171,11 @@ def check_optimizer_flags(args) -> str | None:
         alrao_ones = ", ".join(name for name, s in OPTIMIZERS.items() if s.alrao is not None)
         return f"--optimizer {args.optimizer} has no Alrao version (with --use_alrao: {alrao_ones})"
     return None
+
+
+def _granularity(args) -> str:
+    """``--lr_granularity`` (``'feature'``, the paper's Alrao, when the namespace has none)."""
+    return getattr(args, "lr_granularity", None) or "feature"
 
 
 def build_optimizer(model: nn.Module, args, generator: torch.Generator | None = None) -> torch.optim.Optimizer:

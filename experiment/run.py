@@ -60,6 +60,7 @@ from .files import (
     write_json,
     write_jsonl,
 )
+from .flags import RESUMABLE_FLAGS
 from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
 from .runtime import rng_state, set_rng_state
@@ -81,9 +82,6 @@ UNTRAINED_FILES = frozenset({CONFIG, METRICS, CHECKPOINT_SUM})
 LOCK = "run.lock"
 FORMAT = 1  # version of the checkpoint layout
 
-# Flags a resumed run may change: they do not change what is computed, only
-# where, how fast, or for how many epochs.
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path"})
 
 # Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.
 RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (
@@ -242,11 +240,9 @@ class Run:
     def _differing_flags(self, saved: dict) -> str:
         """The flags of this command that differ from ``saved`` (a run's), as text ('' if none)."""
         current = vars(self.args)
-        differ = [
-            k
-            for k in sorted(set(saved) | set(current))
-            if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != current.get(k, "<absent>")
-        ]
+        # A flag added after the run was trained is absent from its files; its default keeps the
+        # earlier behaviour, and a typed value for it was already checked against config.json.
+        differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != current.get(k, "<absent>")]
         return ", ".join(f"--{k} {current.get(k, '<absent>')} (run: {saved.get(k, '<absent>')})" for k in differ)
 
     def _read_checkpoint(self) -> dict:
@@ -275,6 +271,12 @@ class Run:
             raise UsageError(
                 f"--resume: the command differs from the run in {self.out_dir}: {changes}; "
                 f"only {', '.join('--' + k for k in sorted(RESUMABLE_FLAGS))} may change"
+            )
+        if self.args.epochs < checkpoint["epoch"]:
+            # config.json must stay true: it would say --epochs while the run holds more
+            raise UsageError(
+                f"--resume --epochs {self.args.epochs}: the run in {self.out_dir} already trained "
+                f"{checkpoint['epoch']} epochs (give --epochs {checkpoint['epoch']} or more)"
             )
         checkpoint["_file"] = signature
         return checkpoint
@@ -337,6 +339,7 @@ class Run:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "commit": git_commit(),
+                **self._resumes(),
             },
         )
         checkpoint = self._resumed
@@ -361,6 +364,16 @@ class Run:
             else:
                 print(f"resuming {self.out_dir} after epoch {self.epoch} (to epoch {self.args.epochs})")
         write_jsonl(self.out_dir / METRICS, self.history)
+
+    def _resumes(self) -> dict:
+        """``{'resumes': [...]}``: each resume that changed resumable flags, with the epoch it
+        continued from and ``{flag: [old, new]}`` (config.json's args hold the latest values)."""
+        args = self.args
+        previous = list(getattr(args, "previous_resumes", []))
+        changes = getattr(args, "resumed_changes", {})
+        if self._resumed is not None and changes:
+            previous.append({"after_epoch": self._resumed["epoch"], "changes": changes})
+        return {"resumes": previous} if previous else {}
 
     # ------------------------------------------------------------------ epochs
     def epochs(self):
@@ -478,6 +491,9 @@ class Run:
         write_json(self.out_dir / SUMMARY, summary)
         best = summary["best_epoch"]
         n = summary["epochs_completed"]
+        if n == 0 and status == INTERRUPTED:
+            print(f"interrupted before the first epoch; results in {self.out_dir}")
+            return summary
         print(
             f"{status.replace('_', ' ')} after {n} epoch{'' if n == 1 else 's'}; "
             + (

@@ -21,7 +21,17 @@ from . import figures
 from .aggregate import RowResult, load_result, row_result
 from .outputs import Provenance, format_seeds, seeds_text, write_json
 from .plan import Column, Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
-from .protocol import ALRAO_CNN, ALRAO_LSTM, CURVE_EXTRA_RATES, WIDTH_FACTOR, AlraoSetting, is_lstm, loss_metric
+from .protocol import (
+    ALRAO_CNN,
+    ALRAO_LSTM,
+    CURVE_EXTRA_RATES,
+    GRANULARITIES,
+    GRANULARITY_SETTINGS,
+    WIDTH_FACTOR,
+    AlraoSetting,
+    is_lstm,
+    loss_metric,
+)
 from .tables import common_notes, display_name, format_rate, json_table1, markdown_by_method, write_table, write_table1
 
 
@@ -34,6 +44,7 @@ class Context:
     results_dir: Path
     commit: str
     command: str
+    source_hash: str = ""  # of the code writing the results (experiment.provenance.source_hash)
 
     def provenance(self, models: Sequence[str], run_commits: Iterable[str], seeds: str | None = None) -> Provenance:
         """The provenance of a result on ``models`` from runs trained at ``run_commits``."""
@@ -43,6 +54,7 @@ class Context:
             self.commit,
             self.command,
             tuple(sorted(set(run_commits))),
+            self.source_hash,
         )
 
 
@@ -345,6 +357,77 @@ def baselines_warnings(plan: Plan) -> list[str]:
     return [f"left out: {message}" for message in missing_baselines(chosen_baselines(plan)).values()]
 
 
+# -------------------------------------------------------------- granularity
+GRANULARITY_TITLES = {"feature": "per feature", "weight": "per weight"}
+
+
+def granularity_column(setting: AlraoSetting, granularity: str) -> Column:
+    return Column(
+        f"{GRANULARITY_TITLES[granularity]}, max_lr {format_rate(10.0**setting.max_lr_log10)}",
+        (alrao_sgd(setting, granularity),),
+    )
+
+
+def granularity_grid() -> list[tuple[str, AlraoSetting]]:
+    """``(granularity, setting)`` of each column, in the table's order."""
+    return [(g, s) for g in GRANULARITIES for s in GRANULARITY_SETTINGS]
+
+
+def granularity_rows(plan: Plan) -> list[Row]:
+    """The CNNs of Table 1 (width 1), a column per granularity and ``max_lr``."""
+    columns = tuple(granularity_column(s, g) for g, s in granularity_grid())
+    return [Row(m, 1, columns) for m in plan.models_or(plan.profile.table1_models) if not is_lstm(m)]
+
+
+def granularity_warnings(plan: Plan) -> list[str]:
+    left_out = [m for m in plan.models_or(plan.profile.table1_models) if is_lstm(m)]
+    return [f"left out: {', '.join(left_out)} (the ablation is on the CNNs)"] if left_out else []
+
+
+def write_granularity_files(rows: list[RowResult], provenance: Provenance, context: Context) -> list[Path]:
+    """``granularity.md`` (a row per granularity and max_lr, a column pair per model),
+    ``granularity.json`` and ``granularity.png``."""
+    width = context.plan.profile.size_multiplier
+    lows = {format_rate(10.0**s.min_lr_log10) for s in GRANULARITY_SETTINGS}
+    notes = [
+        common_notes()[0],
+        common_notes()[2],
+        f"Alrao-SGD with min_lr {', '.join(sorted(lows))} and {ALRAO_CNN.n_classifiers} classifier copies; "
+        "per feature: one random learning rate per feature of the pre-classifier (the paper's Alrao; "
+        "max_lr 10 is Table 1's Alrao run); per weight: one per weight (`--lr_granularity weight`), the "
+        "paper's ablation, reported much worse for a large max_lr. The copies' rates are the same in both.",
+        f"Runs: `{context.out_dir}`.",
+    ]
+    markdown = markdown_by_method(
+        rows, provenance, width, "Random learning rates per feature vs per weight (Alrao-SGD)", notes
+    )
+    written = write_table(context.results_dir, "granularity", markdown, json_table1(rows, provenance, width))
+    panels = {}
+    for result in rows:
+        points = []
+        for cell, (granularity, setting) in zip(result.cells, granularity_grid()):
+            points.append(
+                figures.GranularityPoint(
+                    granularity,
+                    10.0**setting.max_lr_log10,
+                    None if cell.loss is None else (cell.loss.mean, cell.loss.std),
+                    None if cell.top1 is None else (cell.top1.mean, cell.top1.std),
+                    cell.diverged,
+                )
+            )
+        panels[display_name(result.row.model, result.dataset, width)] = points
+    written.append(
+        figures.granularity_figure(
+            "Alrao-SGD: a random learning rate per feature vs per weight\n(test at the epoch of best validation loss)",
+            panels,
+            rows[0].loss_unit,
+            provenance,
+            context.results_dir / "granularity.png",
+        )
+    )
+    return written
+
+
 TABLE1_REPORT = table_report(table1_and_width_rows, "table1", write_table1_files)
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -378,5 +461,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         rows_runs(baselines_rows),
         table_report(baselines_rows, "baselines", write_baselines_files),
         baselines_warnings,
+    ),
+    "granularity": Experiment(
+        "the per-weight ablation: Alrao-SGD with one random learning rate per feature vs per weight, "
+        "min_lr 1e-5, max_lr in {1, 10, 100}, on Table 1's CNNs: granularity.md/.json/.png",
+        rows_runs(granularity_rows),
+        table_report(granularity_rows, "granularity", write_granularity_files),
+        granularity_warnings,
     ),
 }

@@ -182,3 +182,64 @@ def triangle_figure(
     fig.suptitle(title)
     fig.subplots_adjust(left=0.08, right=0.95, bottom=0.2, wspace=0.35)
     return save(fig, path, provenance)
+
+
+# ------------------------------------------------------------------ granularity
+@dataclass(frozen=True)
+class GranularityPoint:
+    """One cell of the granularity experiment: Alrao-SGD up to ``max_lr`` with one rate per
+    ``granularity`` (``'feature'`` or ``'weight'``); test loss and top-1 (%) as ``(mean, std)``
+    over seeds (``None``: no result; std ``None`` for one seed) and how many runs diverged."""
+
+    granularity: str
+    max_lr: float
+    loss: tuple[float, float | None] | None
+    top1: tuple[float, float | None] | None
+    diverged: int
+
+
+def granularity_figure(
+    title: str, panels: dict[str, Sequence[GranularityPoint]], unit: str, provenance: Provenance, path: Path
+) -> Path:
+    """For each model (a column of ``panels``, by display name): test loss (top) and top-1 (bottom)
+    against ``max_lr``, one line per granularity, error bars one standard deviation; a cell with
+    a diverged run is circled in red."""
+    fig = Figure(figsize=(4.5 * len(panels) + 3, 6.6))
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    styles = {"feature": {"color": "tab:red", "marker": "o"}, "weight": {"color": "tab:blue", "marker": "s"}}
+    names = {"feature": "per feature (Alrao)", "weight": "per weight"}
+    for column, (name, points) in enumerate(panels.items()):
+        for row, (key, label) in enumerate((("loss", f"test loss ({unit})"), ("top1", "test top-1 (%)"))):
+            ax = axes[row][column]
+            for granularity in names:
+                mine = sorted((p for p in points if p.granularity == granularity), key=lambda p: p.max_lr)
+                shown = [p for p in mine if getattr(p, key) is not None]
+                x = [p.max_lr for p in shown]
+                y = [getattr(p, key)[0] for p in shown]
+                err = [getattr(p, key)[1] or 0.0 for p in shown]
+                ax.errorbar(x, y, yerr=err, capsize=3, label=names[granularity], **styles[granularity])
+                bad = [p for p in shown if p.diverged]
+                ax.plot(
+                    [p.max_lr for p in bad],
+                    [getattr(p, key)[0] for p in bad],
+                    "o",
+                    markersize=13,
+                    markerfacecolor="none",
+                    markeredgecolor="tab:red",
+                    label="some runs diverged" if bad and granularity == "weight" else None,
+                )
+            ax.set_xscale("log")
+            values = np.array([getattr(p, key)[0] for p in points if getattr(p, key) is not None])
+            if key == "loss" and values.size and values.min() > 0 and values.max() > 10 * values.min():
+                ax.set_yscale("log")  # a diverging cell would squash the others
+            ticks = sorted({p.max_lr for p in points})
+            ax.set_xticks(ticks, [format_rate(v) for v in ticks])
+            ax.set_xlabel("max_lr (min_lr 1e-5)")
+            ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(name)
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.14 / len(panels), right=1 - 0.3 / len(panels), bottom=0.12, hspace=0.35, wspace=0.3)
+    return save(fig, path, provenance)

@@ -83,11 +83,9 @@ def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
         return None
     saved = json.loads(config_path.read_text()).get("args", {})
     wanted = vars(parse_flags(run, run_dir))
-    differ = [
-        k
-        for k in sorted(set(saved) | set(wanted))
-        if k not in RESUMABLE_FLAGS and saved.get(k, "<absent>") != wanted.get(k, "<absent>")
-    ]
+    # A flag absent from the saved config was added after that run was trained: the run had the
+    # behaviour of its default, which is what a run folder named after the same computation wants.
+    differ = [k for k in sorted(saved) if k not in RESUMABLE_FLAGS and saved[k] != wanted.get(k, "<absent>")]
     if not differ:
         return None
     return (
@@ -97,10 +95,12 @@ def config_mismatch(run: RunSpec, run_dir: Path) -> str | None:
     )
 
 
-def command(run: RunSpec, run_dir: Path, resume: bool) -> list[str]:
-    """The shell command of ``run``."""
+def command(run: RunSpec, run_dir: Path, resume: bool, processes: int = 1) -> list[str]:
+    """The shell command of ``run``; with ``processes > 1``, one run on that many processes
+    started by torchrun on this machine (one GPU each, or CPU processes without GPUs)."""
+    start = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     return [
-        sys.executable,
+        *(start if processes > 1 else [sys.executable]),
         str(REPO / f"{run.script}.py"),
         *run.flags,
         "--out_dir",
@@ -130,20 +130,69 @@ def run_subprocess(cmd: Sequence[str], log_path: str, env: dict, running: set | 
     return f"exit status {code}: {lines[-1].strip() if lines else 'no output'} (log: {log_path})"
 
 
+def run_rank(cmd: Sequence[str], log_path: str, env: dict) -> str | None:
+    """One task of a Slurm job that runs one run on several tasks: this task's rank of the run,
+    its torch.distributed environment given by submitit (rank, world size, the first node's
+    address). Rank 0's outcome is the run's. Module-level: Slurm jobs call it."""
+    import submitit
+
+    ranks = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    error = run_subprocess(cmd, log_path, {**env, **{k: os.environ[k] for k in keys}})
+    return error if ranks.rank == 0 else None
+
+
 # ----------------------------------------------------------------- launchers
+def parse_visible_devices(listed: str) -> list[str]:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value makes visible, as CUDA reads it: entries
+    separated by commas, spaces around them ignored (``"0, 1"`` is GPUs 0 and 1), and the list ends
+    at the first invalid entry (``-1`` or an empty one): CUDA hides every device after it."""
+    devices = []
+    for entry in listed.split(","):
+        entry = entry.strip()
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break
+        devices.append(entry)
+    return devices
+
+
 def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (each one alone is a
+    valid value for a child's ``CUDA_VISIBLE_DEVICES``)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+        return parse_visible_devices(listed)
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def default_jobs() -> int:
-    """One run at a time, or one per GPU when there are several."""
-    return max(1, len(visible_gpus()))
+def default_jobs(gpus_per_run: int = 1) -> int:
+    """One run at a time, or one per ``gpus_per_run`` GPUs when there are more."""
+    return max(1, len(visible_gpus()) // gpus_per_run)
+
+
+def gpu_slots(jobs: int, gpus: Sequence[str], log: Callable[[str], None] = print, per_run: int = 1) -> list[str | None]:
+    """The GPUs of each of the ``jobs`` concurrent runs, as a ``CUDA_VISIBLE_DEVICES`` value
+    (``None``: no GPU, the runs use the CPU): ``per_run`` of the visible ``gpus`` each, in turn.
+    Says so through ``log`` when runs must share GPUs (more GPUs wanted than visible): they then
+    share their memory and their time, which nothing else would tell."""
+    if not gpus:
+        return [None] * jobs
+    slots = [",".join(gpus[(i * per_run + k) % len(gpus)] for k in range(per_run)) for i in range(jobs)]
+    if jobs * per_run > len(gpus):
+        visible = f"{len(gpus)} visible GPU{'s' if len(gpus) > 1 else ''} ({', '.join(gpus)})"
+        if per_run == 1:
+            log(
+                f"warning: --jobs {jobs} with {visible}: up to {-(-jobs // len(gpus))} runs share a GPU, its "
+                f"memory and its time; --jobs {len(gpus)} gives each run a GPU of its own"
+            )
+        else:
+            log(
+                f"warning: --jobs {jobs} x --gpus_per_run {per_run} with {visible}: runs share GPUs, their "
+                f"memory and their time; --jobs {max(1, len(gpus) // per_run)} gives each run GPUs of its own"
+            )
+    return slots
 
 
 def thread_env(jobs: int) -> dict:
@@ -156,11 +205,15 @@ def thread_env(jobs: int) -> dict:
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
-def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
-    gpus = visible_gpus()
-    slots: Queue = Queue()  # one token per concurrent run; its GPU, if any
-    for i in range(jobs):
-        slots.put(gpus[i % len(gpus)] if gpus else None)
+def _run_local(
+    runs, out_dir: Path, jobs: int, report, log: Callable[[str], None], gpus_per_run: int = 1
+) -> list[Outcome]:
+    slots: Queue = Queue()  # one token per concurrent run; its GPUs (CUDA_VISIBLE_DEVICES), if any
+    gpus = gpu_slots(jobs, visible_gpus(), log, gpus_per_run)
+    if gpus[0] is not None:
+        log(f"GPUs of the {jobs} concurrent runs (CUDA_VISIBLE_DEVICES of each): {'; '.join(gpus)}")
+    for gpu in gpus:
+        slots.put(gpu)
     env = {"TQDM_DISABLE": "1", **thread_env(jobs)}  # no progress bars in the logs
 
     running: set = set()  # the runs' processes, to interrupt them with the sweep
@@ -174,7 +227,7 @@ def _run_local(runs, out_dir: Path, jobs: int, report) -> list[Outcome]:
                 return Outcome(run, False, "not started: the sweep was interrupted")
             run_dir = out_dir / run.folder
             error = run_subprocess(
-                command(run, run_dir, resume),
+                command(run, run_dir, resume, gpus_per_run),
                 str(run_dir / LOG),
                 {**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
                 running,
@@ -240,9 +293,20 @@ class SlurmOptions:
     gpus_per_job: int = 1
     cpus_per_job: int = 4
     cluster: str | None = "slurm"  # submitit's executor; "local" runs the jobs here (tests)
+    processes_per_job: int = 1  # > 1: one run on that many tasks (torch.distributed, one GPU each)
+
+
+def slurm_gpus_message(gpus: int) -> str:
+    """Why a Slurm job of one run may not hold ``gpus`` > 1 GPUs."""
+    return (
+        f"--slurm_gpus {gpus}: each process of a run trains on one GPU, so a job of {gpus} for one "
+        f"process would reserve {gpus - 1} that no one uses; use 1 (or 0 for CPU jobs), or --gpus_per_run {gpus}"
+    )
 
 
 def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outcome]:
+    if options.gpus_per_job > max(1, options.processes_per_job):
+        raise LaunchError(slurm_gpus_message(options.gpus_per_job))
     try:
         import submitit
     except ImportError:
@@ -253,6 +317,7 @@ def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outco
         timeout_min=options.timeout_min,
         gpus_per_node=options.gpus_per_job,
         cpus_per_task=options.cpus_per_job,
+        tasks_per_node=options.processes_per_job,
         **({"slurm_partition": options.partition} if options.partition else {}),
     )
     env = {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(options.cpus_per_job)}
@@ -260,14 +325,17 @@ def _run_slurm(runs, out_dir: Path, options: SlurmOptions, report) -> list[Outco
     with executor.batch():  # one job array
         jobs = [
             executor.submit(
-                run_subprocess, command(run, out_dir / run.folder, resume), str(out_dir / run.folder / LOG), env
+                run_subprocess if options.processes_per_job == 1 else run_rank,
+                command(run, out_dir / run.folder, resume),
+                str(out_dir / run.folder / LOG),
+                env,
             )
             for run, resume in runs
         ]
     outcomes = []
     for job, (run, _) in zip(jobs, runs):
         try:
-            error = job.result()
+            error = job.results()[0]  # the first task's: rank 0's when a run has several
         except Exception as failure:  # the job itself failed (timeout, node failure, ...)
             error = f"Slurm job {job.job_id}: {str(failure).strip().splitlines()[-1]}"
         # seconds: from the submission until the job is known to be done (queueing included)
@@ -282,12 +350,14 @@ def launch(
     jobs: int = 1,
     slurm: SlurmOptions = SlurmOptions(),
     log: Callable[[str], None] = print,
+    gpus_per_run: int = 1,
 ) -> list[Outcome]:
     """Train the runs of ``runs`` not finished yet, each in ``out_dir / run.folder``.
 
     ``launcher``: ``'local'`` (``jobs`` subprocesses at a time, spread over the
     visible GPUs), ``'inline'`` (in this process, one at a time: for debugging)
-    or ``'slurm'`` (one submitit job per run; waits for all). Returns one
+    or ``'slurm'`` (one submitit job per run; waits for all). ``gpus_per_run > 1``: each
+    local run on that many GPUs (torchrun; Slurm: ``slurm.processes_per_job``). Returns one
     :class:`Outcome` per run, finished ones included; ``log`` gets one line per run.
     """
     if launcher not in LAUNCHERS:
@@ -315,7 +385,7 @@ def launch(
             return _run_inline(todo, out_dir, report)
         if launcher == "slurm":
             return _run_slurm(todo, out_dir, slurm, report)
-        return _run_local(todo, out_dir, jobs, report)
+        return _run_local(todo, out_dir, jobs, report, log, gpus_per_run)
 
     if todo:
         outcomes += train(todo)

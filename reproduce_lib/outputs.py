@@ -1,8 +1,11 @@
 """What every table and figure carries (profile, seeds, commit) and atomic writes of result files."""
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from experiment.files import atomic_write_bytes, atomic_write_text, write_json
 from experiment.provenance import git_commit
@@ -14,6 +17,9 @@ DASH = "–"  # an empty cell
 
 __all__ = [
     "Provenance",
+    "MANIFEST",
+    "record_written",
+    "file_sha256",
     "git_commit",
     "format_rate",
     "format_seeds",
@@ -73,9 +79,12 @@ class Provenance:
     commit: str
     command: str
     run_commits: tuple[str, ...] = ()
+    source_hash: str = ""
 
     def line(self) -> str:
         line = f"profile {self.profile} · seeds {self.seeds} · commit {self.commit}"
+        if self.source_hash:
+            line += f" · code {self.source_hash}"
         if self.run_commits and self.run_commits != (self.commit,):
             line += f" (runs trained at {', '.join(self.run_commits)})"
         return line
@@ -87,4 +96,36 @@ class Provenance:
             "commit": self.commit,
             "command": self.command,
             "run_commits": list(self.run_commits),
+            "source_hash": self.source_hash,
         }
+
+
+#: The file of a results folder recording, for each result file, its sha256 and the hash of the
+#: code that wrote it (tests/test_committed_results.py compares both with the folder and the code).
+MANIFEST = "provenance.json"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_written(results_dir: Path, written: Iterable[Path], source_hash: str, commit: str, command: str) -> Path:
+    """Add the files just ``written`` to ``results_dir``'s :data:`MANIFEST` (the others keep their
+    entries): ``{name: {sha256, source_hash, commit, command}}``. Returns its path."""
+    path = Path(results_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            manifest = {}
+    except (OSError, ValueError):  # none yet, or unreadable: start a new one
+        manifest = {}
+    for file in written:
+        file = Path(file)
+        manifest[file.name] = {
+            "sha256": file_sha256(file),
+            "source_hash": source_hash,
+            "commit": commit,
+            "command": command,
+        }
+    write_json(path, dict(sorted(manifest.items())))
+    return path

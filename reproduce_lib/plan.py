@@ -56,11 +56,14 @@ def baseline(optimizer: str) -> Method:
     return Method(optimizer.lower(), ("--optimizer", optimizer))
 
 
-def alrao_sgd(setting: AlraoSetting) -> Method:
-    """Alrao-SGD on the interval and with the copies of ``setting``."""
+def alrao_sgd(setting: AlraoSetting, granularity: str = "feature") -> Method:
+    """Alrao-SGD on the interval and with the copies of ``setting``, one random learning rate per
+    feature (the paper's Alrao) or per weight (``granularity='weight'``, the paper's ablation)."""
     low, high = 10.0**setting.min_lr_log10, 10.0**setting.max_lr_log10
+    # The per-feature runs keep their name and flags: the granularity experiment shares them with Table 1's.
+    per_weight = ("-per-weight", ("--lr_granularity", "weight")) if granularity == "weight" else ("", ())
     return Method(
-        f"alrao-sgd-{fmt(low)}-{fmt(high)}-x{setting.n_classifiers}",
+        f"alrao-sgd-{fmt(low)}-{fmt(high)}-x{setting.n_classifiers}{per_weight[0]}",
         (
             "--use_alrao",
             "--optimizer",
@@ -71,6 +74,7 @@ def alrao_sgd(setting: AlraoSetting) -> Method:
             fmt(setting.max_lr_log10),
             "--n_last_layers",
             str(setting.n_classifiers),
+            *per_weight[1],
         ),
     )
 

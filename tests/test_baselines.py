@@ -14,7 +14,8 @@ from experiment import baselines
 from experiment import run as run_module
 
 # As tests/test_main_cnn.py: VGG19 at width 1/8 (it has BatchNorm), 3 batches of 4 images per split.
-TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4"]
+# --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
+TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
 PACKAGE = {name: spec.package[0] for name, spec in experiment.OPTIMIZERS.items() if spec.package}
 BASELINES = ["AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree"]
 SCHEDULE_FREE = ["--optimizer", "SGDScheduleFree", "--lr", "0.1"]  # the default 1.0 blows up this tiny run
@@ -45,7 +46,7 @@ def test_each_baseline_trains_a_dry_run(tmp_path, name):
     needs(name)
     summary = run(tmp_path, "--optimizer", name, *(["--lr", "0.1"] if name == "SGDScheduleFree" else []))
     assert summary["status"] == "completed" and summary["test_loss"] < 10
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["args"]["optimizer"] == name
     (record,) = records(tmp_path)
     assert record["lr"] == (0.1 if name in ("AliG", "SGDScheduleFree") else experiment.OPTIMIZERS[name].default_lr)
@@ -151,7 +152,9 @@ def test_a_resumed_schedule_free_run_equals_the_uninterrupted_one(schedule_free_
     run(tmp_path, *SCHEDULE_FREE, "--epochs", "1")
     run(tmp_path, *SCHEDULE_FREE, "--epochs", "2", "--resume")
     assert records(tmp_path) == records(reference)
-    saved, expected = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path, reference))
+    saved, expected = (
+        torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True) for d in (tmp_path, reference)
+    )
     assert_same_state(saved["model"], expected["model"])
     assert_same_state(saved["optimizer"]["state"][0], expected["optimizer"]["state"][0])
 
@@ -179,12 +182,12 @@ def test_dog_evaluates_and_saves_its_averaged_weights_and_resumes(tmp_path, monk
     average, base = averager.averaged_model.state_dict(), averager.base_model.state_dict()
     weight = next(k for k in base if k.endswith("weight"))
     assert not torch.equal(average[weight], base[weight])
-    best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    best = torch.load(tmp_path / "a" / "best.pt", map_location="cpu", weights_only=True)
     assert_same_state(best["model"], snapshots[2 * (best["epoch"] - 1)])  # the validation pass of that epoch
     # Resume: the averager's state comes back with the checkpoint.
     run(tmp_path / "b", "--optimizer", "DoG", "--epochs", "1")
     run(tmp_path / "b", "--optimizer", "DoG", "--epochs", "2", "--resume")
     assert records(tmp_path / "b") == records(tmp_path / "a")
-    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert_same_state(saved["optimizer_hooks"]["av_model"], average)
     assert_same_state(saved["model"], base)

@@ -1,12 +1,14 @@
 """Tests of the plumbing shared by the experiment scripts (package ``experiment``)."""
 
 import importlib.util
+import io
 import json
 import math
 import os
 import pickle
 import platform
 import random
+import re
 import signal
 import sys
 
@@ -61,7 +63,7 @@ def test_atomic_writes_replace_the_file_and_leave_no_temporary(tmp_path):
     experiment.write_json(path, {"x": 2})
     assert strict_json(path.read_text()) == {"x": 2}
     experiment.atomic_torch_save({"t": torch.arange(3)}, tmp_path / "c.pt")
-    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["t"], torch.arange(3))
+    assert torch.equal(torch.load(tmp_path / "c.pt", map_location="cpu", weights_only=True)["t"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.pt"]
 
 
@@ -70,7 +72,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     experiment.atomic_torch_save({"epoch": 1}, path)
     with pytest.raises((AttributeError, pickle.PicklingError)):  # a local lambda does not pickle
         experiment.atomic_torch_save({"epoch": 2, "bad": lambda: 0}, path)  # lambdas do not pickle
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert torch.load(path, map_location="cpu", weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
@@ -111,6 +113,7 @@ def test_defaults_are_resolved_from_the_other_flags():
     alr = parse("--use_alrao")
     assert (alr.lr, alr.minLR, alr.maxLR, alr.n_last_layers) == (None, -5, 1, 4)
     assert parse("--use_alrao", "--minLR", "-2", "--maxLR", "-2").minLR == -2  # one rate: plain SGD
+    assert (plain.lr_granularity, alr.lr_granularity) == (None, "feature")
     assert (plain.epochs, plain.patience, plain.early_stopping, plain.momentum, plain.seed) == (50, 20, True, 0.0, 0)
     stopless = parse("--no-early_stopping")
     assert stopless.early_stopping is False and stopless.patience is None
@@ -127,6 +130,8 @@ def test_defaults_are_resolved_from_the_other_flags():
         (["--lr", "-0.1"], "argument --lr: expected a number > 0, got -0.1"),
         (["--minLR", "-3"], "--minLR -3 is used only with --use_alrao"),
         (["--n_last_layers", "6"], "--n_last_layers 6 is used only with --use_alrao"),
+        (["--lr_granularity", "weight"], "--lr_granularity weight is used only with --use_alrao"),
+        (["--use_alrao", "--lr_granularity", "neuron"], "invalid choice: 'neuron'"),
         (["--use_alrao", "--lr", "0.1"], "--lr 0.1 is the plain optimizer's learning rate"),
         (["--optimizer", "Adam", "--momentum", "0.9"], "--momentum 0.9 is not used by --optimizer Adam"),
         (["--optimizer", "RMSprop"], "invalid choice: 'RMSprop'"),
@@ -217,7 +222,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     experiment.atomic_torch_save(experiment.rng_state(device), tmp_path / "rng.pt")
     draws = (random.random(), np.random.rand(), torch.rand(2))
     random.random(), np.random.rand(), torch.rand(5)
-    experiment.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), device)
+    experiment.set_rng_state(torch.load(tmp_path / "rng.pt", map_location="cpu", weights_only=True), device)
     again = (random.random(), np.random.rand(), torch.rand(2))
     assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
 
@@ -338,9 +343,9 @@ def test_a_run_writes_its_files_and_stops_early(tmp_path, capsys):
     assert config["script"] == "script.py" and config["args"]["patience"] == 2 and config["n_parameters"] == 51
     metrics = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and all(m["epoch_time_s"] >= 0 for m in metrics)
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 4 and checkpoint["status"] == "early_stopped"
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == 2
     assert "early stopping" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == sorted(run_module.RUN_FILES + (run_module.LOCK,))
 
@@ -358,14 +363,19 @@ def test_a_diverged_run_is_recorded_and_stops(tmp_path):
     assert last["diverged"] is True and last["train_loss"] is None
 
 
-def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path):
+def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
     start_run(tmp_path, "--epochs", "1")
     with pytest.raises(experiment.UsageError, match="already holds a run .*pass --resume"):
         start_run(tmp_path, "--epochs", "1")
     with pytest.raises(experiment.UsageError, match="no checkpoint"):
         start_run(tmp_path / "elsewhere", "--resume")
-    with pytest.raises(experiment.UsageError, match=r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); only --data_path"):
+    with pytest.raises(SystemExit):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
+    assert re.search(
+        r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); `--resume --out_dir .*` alone continues it, and only "
+        "--compile, --data_path, --epochs, --no-cuda, --num_workers may change",
+        capsys.readouterr().err,
+    )
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_text("not a checkpoint")
     with pytest.raises(experiment.UsageError, match="cannot read"):
@@ -420,7 +430,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
     assert exit_info.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted during epoch 3" in err and f"--resume --out_dir {tmp_path / 'run'}" in err
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"] == 2
     summary = strict_json((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 2
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
@@ -429,3 +439,112 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
 def test_the_scripts_can_keep_freed_memory_on_linux():
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert experiment.keep_freed_memory() is on_glibc
+
+
+# ------------------------------------------------------------- resume and misuse (issues 14.8, 15.2, 15.4)
+def test_resume_alone_continues_with_the_recorded_flags_and_records_changes(tmp_path):
+    run = start_run(tmp_path, "--lr", "0.5", "--seed", "3", "--epochs", "2", "--width", "5")
+    run_epochs(run, [3.0, 2.0])
+    args = parse("--resume", "--out_dir", str(tmp_path / "run"))
+    assert (args.lr, args.seed, args.epochs, args.width) == (0.5, 3, 2, 5)
+    assert args.given == {"resume", "out_dir"}
+    args = parse("--resume", "--out_dir", str(tmp_path / "run"), "--epochs", "4", "--seed", "3")
+    assert (args.lr, args.epochs) == (0.5, 4) and args.resumed_changes == {"epochs": [2, 4]}
+    resumed = experiment.Run(args, "script.py", "test", torch.device("cpu"))
+    model = tiny_model(args)
+    resumed.start(model, experiment.build_optimizer(model, args))
+    run_epochs(resumed, [3.0, 2.0, 1.5, 1.0])
+    config = strict_json((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["epochs"] == 4 and config["args"]["lr"] == 0.5
+    assert config["resumes"] == [{"after_epoch": 2, "changes": {"epochs": [2, 4]}}]
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_config_stays_true(tmp_path):
+    run_epochs(start_run(tmp_path, "--epochs", "4"), [3.0, 2.0, 1.5, 1.0])
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(experiment.UsageError, match="already trained 4 epochs .give --epochs 4 or more"):
+        start_run(tmp_path, "--resume", "--epochs", "2")
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--minLR", "1e-5", "--maxLR", "1"], "--minLR 1e-05 would mean a learning rate of 10**1e-05 = 1: "),
+        (["--minLR", "-5", "--maxLR", "10"], "--maxLR 10 would mean learning rates up to 1e10 (valid: at most 3"),
+        (["--minLR", "-5", "--maxLR", "0.5"], "--maxLR 0.5 would mean a learning rate of 10**0.5"),
+    ],
+)
+def test_learning_rates_given_where_log10_is_expected_are_refused(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--use_alrao", *argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and named in err and "(--minLR -5 means 1e-5, --maxLR 1 means 10)" in err
+    assert parse("--use_alrao", "--minLR", "-7", "--maxLR", "3").maxLR == 3  # the extreme valid ends
+    assert parse("--use_alrao", "--minLR", "0", "--maxLR", "1").minLR == 0
+
+
+def test_a_data_path_that_the_data_set_does_not_read_is_refused(capsys):
+    defaults = experiment.ScriptDefaults(**{**vars(DEFAULTS), "offline_datasets": ("fake",)})
+    parser = experiment.ArgumentParser(prog="script.py")
+    experiment.add_common_arguments(parser, defaults)
+    assert parser.parse_args(["--dataset", "real", "--data_path", "x"]).data_path == "x"
+    assert parser.parse_args(["--dataset", "fake"]).data_path == "datasets"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "fake", "--data_path", "/nonexistent"])
+    assert "--data_path /nonexistent is not used by --dataset fake" in capsys.readouterr().err
+
+
+def test_a_dry_run_is_short_whatever_epochs_and_batch_size_say():
+    args = parse("--dry_run", "--epochs", "300", "--batch_size", "64")
+    assert (args.epochs, args.batch_size) == (2, 8)
+    line = experiment.dry_run_line(args, 2)
+    assert line.startswith("dry run: 2 batches of 8 per split, 2 epochs of training, validation, test")
+    assert "--epochs 300 is cut to 2" in line and "--batch_size 64 is cut to 8" in line
+    assert (parse("--dry_run").epochs, parse("--epochs", "300").epochs) == (1, 300)
+
+
+def test_progress_writes_plain_lines_off_a_terminal():
+    stream = io.StringIO()
+    progress = experiment.Progress(range(3), desc="epoch 1", every_s=0.0, stream=stream)
+    for i in progress:
+        progress.set_postfix({"loss": f"{i}.0"})
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "epoch 1: batch 1/3 (loss 0.0)",
+        "epoch 1: batch 2/3 (loss 1.0)",
+        "epoch 1: batch 3/3 (loss 2.0)",
+    ]
+    assert "\r" not in stream.getvalue()
+
+
+def test_an_interrupt_in_the_first_epoch_says_so(tmp_path, capsys):
+    run = start_run(tmp_path, "--epochs", "5")
+    with pytest.raises(SystemExit) as exit_info:
+        with run:
+            for _ in run.epochs():
+                raise KeyboardInterrupt
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 130 and "interrupted before the first epoch" in out
+    assert "no epoch with a finite validation loss" not in out
+    summary = strict_json((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_completed"]) == ("interrupted", 0)
+
+
+def test_lr_granularity_reaches_the_alrao_optimizer():
+    """``--lr_granularity weight``: one rate per weight of the pre-classifier (full shape), the
+    copies unchanged; the flag's choices are the library's."""
+    import alrao.lr_sampling
+    from experiment.flags import GRANULARITIES
+
+    assert GRANULARITIES == alrao.lr_sampling.GRANULARITIES
+    pre = nn.Sequential(nn.Linear(3, 4))
+    model = alrao.AlraoModel("classification", nn.NLLLoss(), pre, 2, alrao.LinearClassifier, 4, 2)
+    for optimizer in ("SGD", "Adam"):
+        args = parse("--use_alrao", "--optimizer", optimizer, "--lr_granularity", "weight")
+        built = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
+        rates = built.feature_lrs()
+        assert rates[model.preclassifier[0].weight].shape == (4, 3)
+        assert rates[model.classifiers[0].fc.weight].dim() == 0
+        feature = experiment.build_optimizer(model, parse("--use_alrao", "--optimizer", optimizer))
+        assert feature.feature_lrs()[model.preclassifier[0].weight].shape == (4, 1)

@@ -169,7 +169,7 @@ def test_kill_9_at_every_write_leaves_a_folder_that_the_same_command_continues_e
         checkpoint = folder / "checkpoint.pt"
         if checkpoint.exists():  # never half a file: a complete checkpoint matching its checksum
             assert files_module.verify_checksum(checkpoint)
-            torch.load(checkpoint, weights_only=True)
+            torch.load(checkpoint, map_location="cpu", weights_only=True)
         # The same command, with --resume when there is something to resume: no file to delete by hand.
         state = train(folder, 2, *(["--resume"] if (folder / "config.json").exists() else []))
         assert_states_equal(state, reference)
@@ -224,7 +224,7 @@ def test_the_lock_is_taken_before_the_folder_is_checked(tmp_path):
     model = experiment.build_model(args, nn.Sequential(nn.Linear(4, 6), nn.ReLU()), alrao.LinearClassifier, 6, 3)
     with pytest.raises(experiment.UsageError, match="already holds a run"):
         paused.start(model, experiment.build_optimizer(model, args))
-    assert_states_equal(torch.load(folder / "checkpoint.pt", weights_only=True)["model"], finished)
+    assert_states_equal(torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["model"], finished)
     assert run_module.lock_holder(folder) is None  # the refused run released the lock
 
 
@@ -247,7 +247,8 @@ def test_a_corrupted_checkpoint_is_refused_on_resume_naming_the_file(tmp_path):
     assert at > 0
     raw[at : at + 4] = torch.tensor([math.nan]).numpy().tobytes()
     checkpoint.write_bytes(bytes(raw))
-    assert torch.load(checkpoint, weights_only=True)["model"]["preclassifier.0.weight"].isnan().any()
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert loaded["model"]["preclassifier.0.weight"].isnan().any()
     with pytest.raises(
         experiment.UsageError, match=r"checkpoint.pt does not match its checksum in .*checkpoint.pt.sha256"
     ):
@@ -359,7 +360,8 @@ def test_a_signal_inside_torch_save_ends_like_any_ctrl_c_with_the_checkpoint_who
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted during epoch 3" in err and "holds epoch 2" in err
     checkpoint = tmp_path / "run" / "checkpoint.pt"
-    assert files_module.verify_checksum(checkpoint) and torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    assert files_module.verify_checksum(checkpoint)
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_completed"] == 2
 
 

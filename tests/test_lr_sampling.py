@@ -161,3 +161,24 @@ def test_shared_parameter_gets_one_rate():
 def test_invalid_interval(lo, hi):
     with pytest.raises(ValueError, match="lr"):
         sample_feature_lrs(nn.Linear(2, 2), lo, hi)
+
+
+def test_per_weight_granularity_draws_one_rate_per_element():
+    """The paper's ablation: every weight its own log-uniform rate, at the parameter's shape."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 5))
+    lrs = sample_feature_lrs(net, 1e-5, 10.0, torch.Generator().manual_seed(0), granularity="weight")
+    assert set(lrs) == set(net.parameters())
+    for param, rate in lrs.items():
+        assert rate.shape == param.shape and rate.dtype == param.dtype
+        assert rate.min() >= 1e-5 * (1 - 1e-6) and rate.max() <= 10.0 * (1 + 1e-6)
+    conv = lrs[net[0].weight]
+    assert conv.reshape(8, -1).std(dim=1).min() > 0  # the rates of one filter differ
+    again = sample_feature_lrs(net, 1e-5, 10.0, torch.Generator().manual_seed(0), granularity="weight")
+    assert all(torch.equal(lrs[p], again[p]) for p in lrs)
+
+
+def test_granularity_is_checked():
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        sample_feature_lrs(nn.Linear(2, 2), 1e-3, 1.0, granularity="neuron")
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        alrao.AlraoSGD(nn.Linear(2, 2), 1e-3, 1.0, granularity="neuron")

@@ -385,7 +385,7 @@ class TinyPre(nn.Module):
 def run_cli(argv):
     import lr_scan as cli
 
-    return cli.main(cli.build_parser().parse_args(argv))
+    return cli.main(cli.build_parser().parse_args([*argv, "--no-cuda"]))  # the suite runs on the CPU
 
 
 def test_cli_scans_a_registry_model_and_writes_png_and_json(tmp_path, capsys):
@@ -468,6 +468,8 @@ def test_cli_is_reproducible_and_equals_the_library_scan(tmp_path, monkeypatch, 
         (["--out", "scan.pdf"], "png"),
         (["--out", "no/such/folder/scan.png"], "does not exist"),
         (["--optimizer", "LBFGS"], "invalid choice"),
+        (["--minLR", "1e-5", "--maxLR", "1"], "(--minLR -5 means 1e-5, --maxLR 1 means 10)"),
+        (["--dataset", "fake", "--data_path", "/data"], "--data_path /data is not used by --dataset fake"),
     ],
 )
 def test_cli_bad_flags_are_argparse_errors(argv, match, capsys):

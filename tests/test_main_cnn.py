@@ -11,7 +11,8 @@ import main_cnn
 
 # The cheapest network of the registry on CPU (measured: VGG19 at width 1/8,
 # ~50 ms per step of 4 images), 3 batches of 4 images per split.
-TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4"]
+# --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
+TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
 ALRAO = ["--use_alrao", "--minLR", "-4", "--maxLR", "0", "--n_last_layers", "3"]
 
 
@@ -33,7 +34,7 @@ def metrics(out_dir):
 
 
 def final_model(out_dir):
-    return torch.load(out_dir / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def assert_same_state(a, b):
@@ -44,9 +45,9 @@ def assert_same_state(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 3-epoch Alrao-SGD run."""
+    """An uninterrupted 2-epoch Alrao-SGD run (a dry run's most)."""
     out = tmp_path_factory.mktemp("reference")
-    summary = run(out, *ALRAO, "--epochs", "3")
+    summary = run(out, *ALRAO, "--epochs", "2")
     return out, summary
 
 
@@ -56,7 +57,7 @@ def test_an_alrao_run_writes_its_files(reference):
     assert config["script"] == "main_cnn.py" and config["args"]["use_alrao"] is True
     assert config["n_parameters"] - config["n_parameters_without_copies"] == 2 * (64 * 10 + 10)  # 2 extra copies
     records = metrics(out)
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert r["classifier_lrs"] == pytest.approx([1e-4, 1e-2, 1.0], rel=1e-6)
         assert sum(r["posterior"]) == pytest.approx(1.0, abs=1e-5)
@@ -66,7 +67,7 @@ def test_an_alrao_run_writes_its_files(reference):
     assert saved == json.loads(json.dumps(summary)) and saved["status"] == "completed"
     best = min(records, key=lambda r: r["valid_loss"])
     assert saved["best_epoch"] == best["epoch"] and saved["test_loss"] == best["test_loss"]
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == best["epoch"]
+    assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == best["epoch"]
 
 
 @pytest.mark.parametrize(
@@ -85,14 +86,14 @@ def test_dry_runs_with_and_without_alrao(tmp_path, argv):
     assert ("posterior" in record) == ("--use_alrao" in argv)
     if "--lr" in argv:
         assert record["lr"] == 0.05
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["args"]["optimizer"] == argv[1]
     assert checkpoint["optimizer"]["param_groups"][0].get("momentum", 0.0) == (0.9 if "--momentum" in argv else 0.0)
 
 
 def test_resumed_run_equals_the_uninterrupted_one(reference, tmp_path):
     run(tmp_path, *ALRAO, "--epochs", "1")
-    run(tmp_path, *ALRAO, "--epochs", "3", "--resume")
+    run(tmp_path, *ALRAO, "--epochs", "2", "--resume")
     assert metrics(tmp_path) == metrics(reference[0])
     assert_same_state(final_model(tmp_path), final_model(reference[0]))
 
@@ -109,13 +110,16 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(reference, tmp_path, mo
 
     monkeypatch.setattr(main_cnn, "evaluate", interrupted_in_epoch_2)
     with pytest.raises(SystemExit) as exit_info:
-        run(tmp_path, *ALRAO, "--epochs", "3")
+        run(tmp_path, *ALRAO, "--epochs", "2")
     assert exit_info.value.code == 130
-    assert "interrupted during epoch 2" in capsys.readouterr().err
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    err = capsys.readouterr().err
+    assert "interrupted during epoch 2" in err
+    assert torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"] == 1
     assert strict_json((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(main_cnn, "evaluate", evaluate)
-    run(tmp_path, *ALRAO, "--epochs", "3", "--resume")
+    hint = f"continue with --resume --out_dir {tmp_path}"
+    assert hint in err
+    main_cnn.main(main_cnn.build_parser().parse_args(hint.split()[2:]))  # the printed command, alone
     assert metrics(tmp_path) == metrics(reference[0])
     assert_same_state(final_model(tmp_path), final_model(reference[0]))
 
@@ -163,6 +167,8 @@ def test_missing_data_exits_2_with_the_data_message(tmp_path, monkeypatch, capsy
         (["--use_alrao", "--n_last_layers", "0"], "argument --n_last_layers: expected an integer >= 1, got 0"),
         (["--size_multiplier", "0"], "argument --size_multiplier: expected a number > 0, got 0"),
         (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+        (["--dataset", "digits", "--data_path", "/data"], "--data_path /data is not used by --dataset digits"),
+        (["--use_alrao", "--minLR", "1e-5", "--maxLR", "10"], "are log10 of the rates (--minLR -5 means 1e-5"),
     ],
 )
 def test_invalid_arguments_exit_2_naming_the_value(argv, named, capsys):
@@ -207,3 +213,12 @@ def test_help_lists_every_flag_with_its_help_text(capsys):
         assert action.help
         assert all(option in text for option in action.option_strings)
     assert "VGG19,GoogLeNet,MobileNetV2,SENet18" in text
+
+
+def test_loader_workers_on_a_gpu_are_refused_as_unused(tmp_path, monkeypatch, capsys):
+    # the CUDA branch, forced on CPU: the batches are made on the device, with no DataLoader
+    forced = (torch.device("cuda"), "cuda (forced)")
+    monkeypatch.setattr(main_cnn.experiment.Ranks, "choose_device", lambda self, no_cuda: forced)
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "--num_workers", "2")
+    assert exit_info.value.code == 2 and "--num_workers 2 is not used on cuda" in capsys.readouterr().err

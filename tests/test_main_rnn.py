@@ -10,7 +10,8 @@ import data
 import main_rnn
 
 # A small LSTM on 3 segments of 8 tokens per split of the offline corpus.
-TINY = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_size", "4"]
+# --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
+TINY = ["--dry_run", "--emsize", "8", "--nhid", "8", "--bptt", "8", "--batch_size", "4", "--no-cuda"]
 ALRAO = ["--use_alrao", "--minLR", "-2", "--maxLR", "1", "--n_last_layers", "4"]
 
 
@@ -62,16 +63,18 @@ def test_word_level_dry_runs_report_perplexity(tmp_path, argv):
     assert summary["status"] == "completed" and "train_bpc" not in record
     assert record["valid_ppl"] == pytest.approx(math.exp(record["valid_loss"]))
     assert ("posterior" in record) == ("--use_alrao" in argv)
-    torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
 
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     argv = ["--char_prediction", *ALRAO]
-    run(tmp_path / "whole", *argv, "--epochs", "3")
-    run(tmp_path / "parts", *argv, "--epochs", "2")
-    run(tmp_path / "parts", *argv, "--epochs", "3", "--resume")
+    run(tmp_path / "whole", *argv, "--epochs", "2")
+    run(tmp_path / "parts", *argv, "--epochs", "1")
+    run(tmp_path / "parts", "--resume", "--epochs", "2")
     assert metrics(tmp_path / "parts") == metrics(tmp_path / "whole")
-    whole, parts = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("whole", "parts"))
+    whole, parts = (
+        torch.load(tmp_path / d / "checkpoint.pt", map_location="cpu", weights_only=True) for d in ("whole", "parts")
+    )
     for key, value in whole["model"].items():
         assert torch.equal(value, parts["model"][key]), key
 
@@ -104,6 +107,8 @@ def test_missing_data_exits_2_with_the_data_message(tmp_path, monkeypatch, capsy
         (["--bptt", "0"], "argument --bptt: expected an integer >= 1, got 0"),
         (["--minLR", "-3", "--maxLR", "2"], "--minLR -3 is used only with --use_alrao"),
         (["--num_workers", "2"], "unrecognized arguments: --num_workers 2"),  # the text needs no loader workers
+        (["--dataset", "pydoc", "--data_path", "/no"], "--data_path /no is not used by --dataset pydoc"),
+        (["--use_alrao", "--minLR", "1e-5", "--maxLR", "10"], "--minLR -5 means 1e-5"),
     ],
 )
 def test_invalid_arguments_exit_2_naming_the_value(argv, named, capsys):
@@ -133,7 +138,11 @@ def test_the_documented_paper_command_turns_alrao_on_with_its_setting(tmp_path):
         20,
     )
     # The same command, on a few segments of the offline corpus, trains 6 copies at the paper's rates.
-    main_rnn.main(main_rnn.build_parser().parse_args([*argv, "--dry_run", "--epochs", "1", "--out_dir", str(tmp_path)]))
+    main_rnn.main(
+        main_rnn.build_parser().parse_args(
+            [*argv, "--dry_run", "--epochs", "1", "--no-cuda", "--out_dir", str(tmp_path)]
+        )
+    )
     (record,) = metrics(tmp_path)
     assert record["classifier_lrs"] == pytest.approx([1e-3, 1e-2, 1e-1, 1, 10, 100], rel=1e-6)
     baseline = main_rnn.build_parser().parse_args(documented_command("python main_rnn.py --char_prediction --bptt"))

@@ -48,7 +48,7 @@ def make(task="classification", tuple_output=False, seed=0, cls=CountingClassifi
     if task == "classification":
         m = alrao.AlraoModel(task, nn.NLLLoss(), Pre(tuple_output), N_COPIES, cls, D, K)
     else:
-        m = alrao.AlraoModel(task, nn.MSELoss(), Pre(tuple_output), N_COPIES, alrao.LinearRegressor, D, 2)
+        m = alrao.AlraoModel(task, alrao.GaussianNLL(), Pre(tuple_output), N_COPIES, alrao.LinearRegressor, D, 2)
     # a non-uniform posterior, so that the weighting matters
     for _ in range(3):
         m.switch.update(torch.rand(N_COPIES) * 2)
@@ -100,7 +100,7 @@ def test_gradients_are_routed_as_in_the_paper(cls):
 
 
 @pytest.mark.parametrize("diverged", [False, True], ids=["finite", "one-diverged"])
-def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverged):
+def test_the_accelerator_path_with_masks_equals_the_cpu_path(diverged):
     """On CPU the diverged-copy masks are skipped when every copy is finite; accelerators always
     apply them (no host sync). Forcing the masks here must not change any value or gradient."""
 
@@ -115,9 +115,8 @@ def test_the_accelerator_path_with_masks_equals_the_cpu_path(monkeypatch, diverg
         return [loss] + [p.grad.clone() for p in m.parameters()]
 
     fast = step()
-    for module in (alrao.copies, alrao.model):
-        monkeypatch.setattr(module, "known_all_finite", lambda finite: False)
-    masked = step()
+    with alrao.accelerator_path():
+        masked = step()
     for a, b in zip(fast, masked):
         assert torch.equal(a, b)
     assert all(torch.isfinite(g).all() for g in fast)
@@ -140,12 +139,26 @@ def test_the_log_mixture_equals_logsumexp_over_the_finite_copies(mask):
 
 
 def test_each_copy_runs_once_per_step():
+    """No re-evaluation in the backward: the stacked copies cost one (vmapped) call of the
+    class's forward, the one-by-one fallback one call per copy."""
     m = make()
     x, y = batch()
     CountingClassifier.calls = 0
     loss = m.loss(m(x), y)
     loss.backward()
     m.update_switch()
+    assert CountingClassifier.calls == 1
+
+    class HostReading(CountingClassifier):  # .item() in forward: vmap cannot batch it
+        def forward(self, x):
+            self.last_max = x.max().item()
+            return super().forward(x)
+
+    m = make(cls=HostReading)
+    with pytest.warns(UserWarning, match="one by one"):
+        m(x)
+    CountingClassifier.calls = 0
+    m.loss(m(x), y).backward()
     assert CountingClassifier.calls == N_COPIES
 
 
@@ -189,7 +202,7 @@ def test_batched_path_equals_generic_path(layer, args, target):
             return super().forward(x)
 
     task = "classification" if layer is alrao.LinearClassifier else "regression"
-    loss = nn.NLLLoss() if task == "classification" else nn.MSELoss()
+    loss = nn.NLLLoss() if task == "classification" else None
     torch.manual_seed(0)
     a = alrao.AlraoModel(task, loss, Pre(), N_COPIES, layer, *args)
     torch.manual_seed(0)
@@ -225,31 +238,19 @@ def test_non_finite_preclassifier_output_raises():
         m(batch()[0])
 
 
-def test_deferred_finite_check_raises_at_update_switch():
+def test_deferred_finite_check_raises_at_update_switch_and_is_cleared():
     m = make()
-    m.defer_finite_check, m.check_every = True, 2
+    m.check_every = 2
     x, y = batch()
     with torch.no_grad():
         m.preclassifier.body[0].bias.fill_(float("nan"))
-    m.loss(m(x), y)
-    m.update_switch()  # first update: flag set, not read yet
-    m.loss(m(x), y)
-    with pytest.raises(FloatingPointError, match="pre-classifier"):
-        m.update_switch()
-
-
-def test_regression_is_posterior_weighted_mean():
-    m = make("regression")
-    x, _ = batch()
-    target = torch.randn(len(x), 2)
-    out = m(x)
-    z = m.preclassifier(x)
-    expected = sum(w * c(z) for w, c in zip(m.posterior(), m.classifiers))
-    assert torch.allclose(out, expected, atol=1e-6)
-    loss = m.loss(out, target)
-    loss.backward()
-    m.update_switch()
-    assert torch.allclose(loss, F.mse_loss(expected, target), atol=1e-6)
+    with alrao.accelerator_path():
+        m.loss(m(x), y)
+        m.update_switch()  # first update: flag set, not read yet
+        m.loss(m(x), y)
+        with pytest.raises(FloatingPointError, match="pre-classifier"):
+            m.update_switch()
+        m.check()  # raised once, then cleared
 
 
 def test_tuple_output_and_method_forwarding():
@@ -299,3 +300,101 @@ def test_rnn_decoder_copies():
     assert out.shape == (14, 20) and hidden[0].shape == (1, 2, 8)
     m.loss(out, torch.randint(0, 20, (14,))).backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+class Logits(nn.Module):
+    """A classifier ending without log_softmax (the misuse the model must catch)."""
+
+    def __init__(self, d, k):
+        super().__init__()
+        self.fc = nn.Linear(d, k)
+
+    def forward(self, x):
+        return self.fc(x) * 3
+
+
+def test_copies_returning_logits_are_caught_on_the_first_forward():
+    torch.manual_seed(0)
+    m = alrao.AlraoModel("classification", nn.CrossEntropyLoss(), Pre(), N_COPIES, Logits, D, K)
+    x, y = batch()
+    with pytest.raises(ValueError, match="log_softmax and use nn.NLLLoss"):
+        m(x)
+    m(x)  # checked once: later forwards pay nothing
+
+
+def test_the_log_probability_check_is_deferred_on_the_accelerator_path():
+    torch.manual_seed(0)
+    m = alrao.AlraoModel("classification", nn.NLLLoss(), Pre(), N_COPIES, Logits, D, K)
+    m.check_every = 1
+    x, y = batch()
+    with alrao.accelerator_path():
+        out = m(x)
+        m.loss(out, y)
+        with pytest.raises(ValueError, match="log_softmax"):
+            m.update_switch()
+    m.check()  # cleared after raising
+
+
+def test_log_probabilities_along_the_last_dimension_pass_the_check():
+    class SequenceDecoder(nn.Module):  # (batch, time, classes): normalised along the last dim
+        def __init__(self, d, k):
+            super().__init__()
+            self.fc = nn.Linear(d, k)
+
+        def forward(self, z):
+            return F.log_softmax(self.fc(z).unsqueeze(1).expand(-1, 7, -1), dim=-1)
+
+    torch.manual_seed(0)
+    m = alrao.AlraoModel("classification", nn.NLLLoss(), Pre(), N_COPIES, SequenceDecoder, D, K)
+    m(batch()[0])
+
+
+def test_warns_once_when_update_switch_is_never_called():
+    m = make(cls=alrao.LinearClassifier)
+    opt = alrao.AlraoSGD(m, min_lr=1e-3, max_lr=0.1)
+    x, y = batch()
+    with pytest.warns(UserWarning, match=r"update_switch\(\) never called") as caught:
+        for _ in range(alrao.model.STEPS_BEFORE_NO_SWITCH_WARNING + 5):
+            opt.zero_grad()
+            m.loss(m(x), y).backward()
+            opt.step()
+    assert sum("update_switch" in str(w.message) for w in caught) == 1
+
+
+def test_no_warning_when_the_switch_is_updated():
+    import warnings
+
+    m = make(cls=alrao.LinearClassifier)
+    opt = alrao.AlraoSGD(m, min_lr=1e-3, max_lr=0.1)
+    x, y = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(alrao.model.STEPS_BEFORE_NO_SWITCH_WARNING + 1):
+            opt.zero_grad()
+            m.loss(m(x), y).backward()
+            opt.step()
+            m.update_switch()
+
+
+def test_data_parallel_without_replicas_works_and_replication_is_rejected():
+    m = make(cls=alrao.LinearClassifier)
+    wrapped = nn.DataParallel(m)  # on a machine without GPU (or with one), no replica is made
+    x, y = batch()
+    out = wrapped(x)
+    m.loss(out, y).backward()
+    m.update_switch()
+    # With several GPUs DataParallel replicates the module: rejected, pointing to DDP.
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        m._replicate_for_data_parallel()
+
+
+def test_half_precision_model_keeps_a_float32_switch_and_mixture():
+    m = make(cls=alrao.LinearClassifier).to(torch.bfloat16)
+    x, y = batch()
+    out = m(x.to(torch.bfloat16))
+    assert m.switch.logw.dtype == torch.float32 and out.dtype == torch.float32
+    loss = m.loss(out, y)
+    assert m.last_copy_losses.dtype == torch.float32
+    loss.backward()
+    m.update_switch()
+    assert torch.isfinite(m.posterior()).all()

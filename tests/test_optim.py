@@ -192,7 +192,7 @@ def test_resume_equals_uninterrupted(cls, kwargs):
     buf = io.BytesIO()
     torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buf)
     buf.seek(0)
-    ckpt = torch.load(buf)
+    ckpt = torch.load(buf, map_location="cpu")
     resumed, resumed_opt = build(1)  # other weights and other feature rates, overwritten by the load
     resumed.load_state_dict(ckpt["model"])
     resumed_opt.load_state_dict(ckpt["optimizer"])
@@ -239,3 +239,62 @@ def test_closure_and_added_group():
 
     assert torch.isfinite(opt.step(closure))
     assert copy.deepcopy(opt.state_dict())["state"][0]["step"] == 1
+
+
+OPTIMIZERS = pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, g: alrao.AlraoSGD(m, 1e-3, 1.0, momentum=0.9, generator=g),
+        lambda m, g: alrao.AlraoAdam(m, 1e-3, 1.0, generator=g),
+        lambda m, g: alrao.AlraoSGD(m, 1e-3, 1.0, foreach=False, generator=g),
+    ],
+    ids=["sgd", "adam", "sgd-reference"],
+)
+
+
+@OPTIMIZERS
+def test_optimizer_built_before_a_dtype_change_equals_one_built_after(make):
+    """Like torch's optimizers, either order works: the feature rates follow their parameter
+    (device and dtype) at the first step."""
+    before = net()
+    opt_before = make(before, torch.Generator().manual_seed(0))
+    before.double()
+    after = net(dtype=torch.float64)
+    opt_after = make(after, torch.Generator().manual_seed(0))
+    batches = data(3)
+    train(before, opt_before, batches)
+    train(after, opt_after, batches)
+    for p, q in zip(before.parameters(), after.parameters()):  # rates drawn in float32, then cast
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert all(rate.dtype == torch.float64 for rate in opt_before.feature_lrs().values())
+
+
+class RateOnAnotherDevice:
+    """A feature-rate tensor as left on the old device by ``model.to('cuda')`` after the
+    optimizer was built (CPU has no second dense device; this stands in for it)."""
+
+    device = torch.device("cuda", 1)
+
+    def __init__(self, rate):
+        self.rate, self.dtype, self.moves = rate, rate.dtype, []
+
+    def to(self, device, dtype):
+        self.moves.append(device)
+        return self.rate.to(device=device, dtype=dtype)
+
+
+@OPTIMIZERS
+def test_optimizer_built_before_a_device_move_moves_the_rates_once(make):
+    moved, reference = net(), net()
+    opt, opt_ref = make(moved, torch.Generator().manual_seed(0)), make(reference, torch.Generator().manual_seed(0))
+    stale = {}
+    for p, state in opt.state.items():
+        stale[p] = state["feature_lr"] = RateOnAnotherDevice(state["feature_lr"])
+    batches = data(2)
+    train(moved, opt, batches)
+    train(reference, opt_ref, batches)
+    for p, q in zip(moved.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    for p, rate in opt.feature_lrs().items():
+        assert isinstance(rate, torch.Tensor) and rate.device == p.device
+        assert stale[p].moves == [p.device], "moved once, at the first step"

@@ -4,6 +4,7 @@ one seed, one epoch of a few batches), resume, failures, the launchers and the c
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -12,19 +13,30 @@ from pathlib import Path
 
 import pytest
 
+import main_cnn
 import main_rnn
 import reproduce
 from experiment import OPTIMIZERS
+from experiment.provenance import RESULTS_SOURCES, source_hash
 from reproduce_lib import figures
 from reproduce_lib import launch as launch_module
-from reproduce_lib.experiments import BASELINES, EXPERIMENTS, missing_baselines, width_rows
+from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines, width_rows
 from reproduce_lib.launch import LaunchError, SlurmOptions, launch, thread_env
-from reproduce_lib.outputs import Provenance, git_commit
+from reproduce_lib.outputs import Provenance, file_sha256, git_commit
 from reproduce_lib.plan import Plan, adam
 from reproduce_lib.protocol import PROFILES, SGD_RATES, TriangleSetting
 
 SHRUNK = ["--profile", "quick", "--models", "LSTM", "--seeds", "0", "--epochs", "1", "--dry_run"]
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runs_on_the_cpu():
+    """Every run these sweeps start gets --no-cuda: the suite runs on the CPU, whatever the machine."""
+    command = launch_module.command
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launch_module, "command", lambda *a, **k: [*command(*a, **k), "--no-cuda"])
+        yield
 
 
 def reproduce_main(tmp, *argv):
@@ -58,6 +70,7 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
         "baselines.md",
         "curves_LSTM.png",
         "posterior_LSTM.png",
+        "provenance.json",
         "table1.json",
         "table1.md",
         "triangle_LSTM.json",
@@ -66,6 +79,28 @@ def test_the_shrunk_quick_profile_writes_the_table_and_the_figures(sweep):
     for png in results.glob("*.png"):
         assert png.read_bytes().startswith(PNG)
     assert not list(results.glob(".*"))  # no temporary file left behind
+    manifest = json.loads((results / "provenance.json").read_text())
+    code = source_hash(RESULTS_SOURCES)
+    assert sorted(manifest) == sorted(p.name for p in results.iterdir() if p.name != "provenance.json")
+    for name, entry in manifest.items():
+        assert entry["sha256"] == file_sha256(results / name) and entry["source_hash"] == code
+    assert json.loads((results / "table1.json").read_text())["source_hash"] == code
+    assert f"· code {code} ·" in (results / "table1.md").read_text()
+
+
+def test_a_dry_run_or_a_part_of_a_profile_never_writes_the_committed_results(capsys):
+    def parse(*argv):
+        return reproduce.build_parser().parse_args(["table1", "--profile", "quick", *argv])
+
+    dry = parse("--dry_run")
+    assert (dry.out_dir, dry.results_dir) == ("runs/reproduce-quick-dry_run", "runs/reproduce-quick-dry_run/results")
+    assert dry.launcher == "inline" and parse("--dry_run", "--jobs", "2").launcher == "local"
+    assert parse("--models", "LSTM").results_dir == "runs/reproduce-quick/results"
+    assert parse("--epochs", "1", "--out_dir", "x").results_dir == "x/results"
+    assert parse().results_dir == "results/quick" and parse("--profile", "paper").results_dir == "results"
+    with pytest.raises(SystemExit):
+        parse("--dry_run", "--results_dir", str(Path(reproduce.__file__).parent / "results" / "quick"))
+    assert "a dry run's numbers mean nothing" in capsys.readouterr().err
 
 
 def test_the_tables_numbers_are_those_of_the_runs_summaries(sweep):
@@ -239,6 +274,7 @@ def test_a_terminated_sweep_interrupts_its_runs_which_keep_their_checkpoints(tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # its runs on the CPU, whatever the machine
     )
     first = out / "LSTM" / "pydoc-50ep" / "sgd-lr1e-05" / "seed0"
     deadline = time.monotonic() + 120
@@ -325,6 +361,50 @@ def test_the_paper_profile_runs_the_published_protocol():
     assert (args.dataset, args.char_prediction, args.bptt, args.epochs) == ("ptb", True, 70, 300)
     assert (args.minLR, args.maxLR, args.n_last_layers, args.batch_size, args.nhid) == (-3, 2, 6, 20, 100)
     assert len(EXPERIMENTS["triangle"].runs(plan)) == 55  # both ends in {1e-7, ..., 1e2}
+    cnn = next(r for r in runs if r.model == "VGG19")
+    assert cnn.flags[cnn.flags.index("--epochs") + 1] == "80"  # the authors' launcher: 80 epochs, patience 20
+
+
+def test_the_granularity_experiment_is_alrao_per_feature_and_per_weight_on_the_cnns(capsys):
+    paper = Plan(PROFILES["paper"])
+    runs = EXPERIMENTS["granularity"].runs(paper)
+    assert len(runs) == 3 * 6 * 10  # Table 1's CNNs; 2 granularities x max_lr {1, 10, 100}; 10 seeds
+    assert {r.model for r in runs} == {"MobileNetV2", "GoogLeNet", "VGG19"}
+    assert EXPERIMENTS["granularity"].warnings(paper) == ["left out: LSTM (the ablation is on the CNNs)"]
+    table1 = {r.folder for r in EXPERIMENTS["table1"].runs(paper)}
+    shared = [r for r in runs if r.folder in table1]
+    assert {r.method.name for r in shared} == {"alrao-sgd-1e-05-10-x10"}  # per feature at 10: Table 1's Alrao
+    quick = Plan(PROFILES["quick"])
+    runs = EXPERIMENTS["granularity"].runs(quick)
+    assert len(runs) == 6 * 2 and {r.model for r in runs} == {"VGG19"}
+    per_weight = [r for r in runs if "--lr_granularity" in r.flags]
+    assert sorted({r.method.name for r in per_weight}) == [
+        "alrao-sgd-1e-05-1-x10-per-weight",
+        "alrao-sgd-1e-05-10-x10-per-weight",
+        "alrao-sgd-1e-05-100-x10-per-weight",
+    ]
+    args = main_cnn.build_parser().parse_args([*per_weight[0].flags, "--out_dir", "x"])
+    assert (args.lr_granularity, args.minLR, args.dataset) == ("weight", -5, "digits")
+
+
+def test_the_granularity_report_writes_its_table_and_figure(tmp_path):
+    """The report from fake finished runs: a row per granularity and max_lr, the figure a PNG."""
+    plan = Plan(PROFILES["quick"], seeds=(0,))
+    for i, run in enumerate(EXPERIMENTS["granularity"].runs(plan)):
+        folder = tmp_path / "runs" / run.folder
+        folder.mkdir(parents=True)
+        args = main_cnn.build_parser().parse_args([*run.flags, "--out_dir", str(folder)])
+        (folder / "config.json").write_text(json.dumps({"args": vars(args), "commit": "abc"}))
+        (folder / "summary.json").write_text(
+            json.dumps({"status": "finished", "valid_loss": 0.5 + i, "test_loss": 0.4 + i, "test_acc": 0.9})
+        )
+        (folder / "metrics.jsonl").write_text("")
+    context = Context(plan, tmp_path / "runs", tmp_path / "results", "def", "python reproduce.py granularity")
+    written = EXPERIMENTS["granularity"].report(context)
+    assert sorted(p.name for p in written) == ["granularity.json", "granularity.md", "granularity.png"]
+    table = (tmp_path / "results" / "granularity.md").read_text()
+    assert "| per weight, max_lr 1e2 | 5.40 | 90.0 |" in table
+    assert (tmp_path / "results" / "granularity.png").read_bytes().startswith(PNG)
 
 
 @pytest.mark.parametrize(

@@ -89,3 +89,51 @@ def test_validation():
         Switch(3, theta=1.0)
     with pytest.raises(ValueError, match="3 losses"):
         Switch(3).update(torch.zeros(2))
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e-3, 1.0, 1e3, 1e6, 1e9, 1e15, 1e30])
+def test_float32_posterior_is_exact_for_any_loss_scale(scale):
+    """The recurrence is invariant to shifting every loss by one constant; the switch uses it,
+    so float32 keeps its precision when all losses are huge (float32 1e9 - 1.4 == 1e9)."""
+    rng = np.random.default_rng(1)
+    losses = (scale * rng.uniform(1.0, 4.0, size=(40, 5))).astype(np.float32).astype(np.float64)
+    post = run(Switch(5), losses)
+    assert np.isfinite(post).all() and (post >= 0).all()
+    assert np.allclose(post.sum(axis=1), 1.0, atol=1e-5)
+    # The float64 recurrence of PAPER.md on the same losses, each shifted by its row's minimum
+    # (the same recurrence: the shift cancels in the normalisation) ...
+    assert np.allclose(post, transcription(losses - losses.min(axis=1, keepdims=True)), atol=2e-5)
+    if scale <= 1e6:  # ... and unshifted, where float64 itself is still exact
+        assert np.allclose(post, transcription(losses), atol=2e-5)
+
+
+def test_the_issue_example_of_huge_losses():
+    sw = Switch(4)
+    sw.update(torch.tensor([1e9, 2e9, 3e9, 4e9]))
+    expected = transcription(np.array([[1e9, 2e9, 3e9, 4e9]]))[0]
+    assert np.allclose(sw.posterior().numpy(), expected, atol=1e-6)
+    assert abs(float(sw.posterior().sum()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_state_stays_float32_in_a_half_precision_model_and_t_does_not_overflow(dtype):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    model.switch = Switch(3)
+    model.switch.update(torch.tensor([0.3, 0.2, 0.1]))
+    before = {k: v.clone() for k, v in model.switch.state_dict().items()}
+    model.to(dtype)
+    assert model[0].weight.dtype == dtype
+    state = model.switch.state_dict()
+    assert state["logw"].dtype == torch.float32 and state["log_posterior"].dtype == torch.float32
+    assert state["t"].dtype == torch.int64
+    assert all(torch.equal(before[k], state[k]) for k in before), "the cast must not round the state"
+    # Past float16's largest number (65,504) the update stays a distribution, equal to float64's.
+    reference = Switch(3).double()
+    reference.update(torch.tensor([0.3, 0.2, 0.1]))
+    for sw in (model.switch, reference):
+        sw.t.fill_(70_000)
+        sw.update(torch.tensor([0.5, 0.4, 0.6], dtype=dtype))
+    post = model.switch.posterior()
+    assert torch.isfinite(post).all() and abs(float(post.sum()) - 1) < 1e-6
+    torch.testing.assert_close(post.double(), reference.posterior(), atol=1e-6, rtol=0)
+    assert int(model.switch.t) == 70_001
