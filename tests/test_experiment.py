@@ -442,6 +442,25 @@ def test_the_scripts_can_keep_freed_memory_on_linux():
 
 
 # ------------------------------------------------------------- resume and misuse (issues 14.8, 15.2, 15.4)
+def test_a_run_trained_before_a_flag_existed_still_resumes(tmp_path):
+    """A flag added after a run was trained (here --width, dropped from the saved flags) is absent
+    from its config.json and checkpoint: its default keeps the earlier behaviour."""
+    run_epochs(start_run(tmp_path, "--epochs", "2"), [3.0, 2.0])
+    folder = tmp_path / "run"
+    config = strict_json((folder / "config.json").read_text())
+    del config["args"]["width"]
+    experiment.write_json(folder / "config.json", config)
+    checkpoint = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+    del checkpoint["args"]["width"]
+    experiment.atomic_torch_save(checkpoint, folder / "checkpoint.pt", checksum=True)
+    args = parse("--resume", "--out_dir", str(folder), "--epochs", "3")
+    assert args.width == 3  # the default
+    resumed = experiment.Run(args, "script.py", "test", torch.device("cpu"))
+    model = tiny_model(args)
+    resumed.start(model, experiment.build_optimizer(model, args))
+    assert run_epochs(resumed, [3.0, 2.0, 1.0])["epochs_completed"] == 3
+
+
 def test_resume_alone_continues_with_the_recorded_flags_and_records_changes(tmp_path):
     run = start_run(tmp_path, "--lr", "0.5", "--seed", "3", "--epochs", "2", "--width", "5")
     run_epochs(run, [3.0, 2.0])
