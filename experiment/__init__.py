@@ -29,22 +29,18 @@ from .report import format_config, format_copies, format_epoch
 # The names below need torch: they are imported on first use (PEP 562), so that a script's
 # parser, hence its --help, is built without torch (tests/test_help.py).
 _LAZY = {
-    **dict.fromkeys(("MissingPackage", "OptimizerHooks"), "baselines"),
-    **dict.fromkeys(("Ranks",), "distributed"),
+    **dict.fromkeys("MissingPackage OptimizerHooks".split(), "baselines"),
+    **dict.fromkeys(["Ranks"], "distributed"),
+    **dict.fromkeys("atomic_torch_save atomic_write_text dumps_json to_json write_json write_jsonl".split(), "files"),
+    **dict.fromkeys("Meter Progress epoch_record".split(), "meter"),
+    **dict.fromkeys("PlainModel build_model count_parameters".split(), "model"),
+    **dict.fromkeys("OPTIMIZERS OptimizerSpec build_optimizer build_optimizer_hooks".split(), "optimizers"),
     **dict.fromkeys(
-        ("atomic_torch_save", "atomic_write_text", "dumps_json", "to_json", "write_json", "write_jsonl"), "files"
-    ),
-    **dict.fromkeys(("Meter", "Progress", "epoch_record"), "meter"),
-    **dict.fromkeys(("PlainModel", "build_model", "count_parameters"), "model"),
-    **dict.fromkeys(("OPTIMIZERS", "OptimizerSpec", "build_optimizer", "build_optimizer_hooks"), "optimizers"),
-    **dict.fromkeys(
-        ("BEST", "CHECKPOINT", "CONFIG", "METRICS", "SUMMARY", "Run", "UsageError", "best_record", "exit_with_error")
-        + ("summarize",),
-        "run",
+        "BEST CHECKPOINT CONFIG METRICS SUMMARY Run UsageError best_record exit_with_error summarize".split(), "run"
     ),
     **dict.fromkeys(
-        ("Precision", "UnsupportedPrecision", "choose_device", "derived_generator", "keep_freed_memory", "rng_state")
-        + ("seed_everything", "set_rng_state"),
+        "Precision UnsupportedPrecision choose_device derived_generator keep_freed_memory rng_state "
+        "seed_everything set_rng_state".split(),
         "runtime",
     ),
 }
