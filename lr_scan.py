@@ -17,14 +17,16 @@ import math
 import os
 from pathlib import Path
 
-import torch
-from torch import nn
-
-import alrao
 import data
 import experiment
 import models
-from alrao.lr_scan import LRScanResult, lr_scan, plot_lr_scan
+
+# torch and alrao (which imports torch) are imported at their first use, and the packages data,
+# experiment and models import torch only for the names that need it: --help answers in a
+# fraction of a second, without torch (tests/test_help.py).
+torch = experiment.LazyModule("torch")
+nn = experiment.LazyModule("torch.nn")
+alrao = experiment.LazyModule("alrao")
 
 PROG = "lr_scan.py"
 # With a fresh optimizer the scanned step is its first one: no momentum buffer
@@ -53,7 +55,9 @@ def build_parser() -> experiment.ArgumentParser:
         help="size of the batch the rates are probed on (the paper trains with 32)",
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--model_name", choices=list(models.MODELS), default="GoogLeNet", help="pre-classifier network")
+    group.add_argument(
+        "--model_name", choices=list(models.MODEL_NAMES), default="GoogLeNet", help="pre-classifier network"
+    )
     group.add_argument(
         "--size_multiplier",
         type=experiment.positive_int,
@@ -123,7 +127,7 @@ def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:
 
 
 @experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
-def main(args) -> LRScanResult:
+def main(args) -> "alrao.LRScanResult":
     """Scan the rates of ``args`` (from :func:`build_parser`); returns the result."""
     out = Path(args.out)
     out_json = out.with_suffix(".json")
@@ -152,7 +156,7 @@ def main(args) -> LRScanResult:
     batch = (inputs.to(device), targets.to(device))
 
     lrs = learning_rates(args.minLR, args.maxLR, args.n_points)
-    result = lr_scan(model, nn.NLLLoss(), batch, optimizer, lrs)
+    result = alrao.lr_scan(model, nn.NLLLoss(), batch, optimizer, lrs)
 
     print(f"loss before the step: {result.loss_before:.4f}")
     print("learning rate   loss after one step")
@@ -161,11 +165,12 @@ def main(args) -> LRScanResult:
     best = result.best_lr
     print(f"lowest loss at learning rate {best:.3e}" if best is not None else "every rate diverged")
     experiment.write_json(out_json, {"config": vars(args), "device": device_text, **result.to_dict()})
-    plot_lr_scan(result, path=out)
+    alrao.plot_lr_scan(result, path=out)
     print(f"wrote {out} and {out_json}")
     return result
 
 
 if __name__ == "__main__":
+    args = build_parser().parse_args()  # first: --help and flag errors need no torch
     experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
-    main(build_parser().parse_args())
+    main(args)

@@ -15,13 +15,16 @@ summary.json into --out_dir; --resume continues it.
 import argparse
 import math
 
-import torch
-import torch.nn.functional as F
-
-import alrao
 import data
 import experiment
 import models
+
+# torch and alrao (which imports torch) are imported at their first use, and the packages data,
+# experiment and models import torch only for the names that need it: --help answers in a
+# fraction of a second, without torch (tests/test_help.py).
+torch = experiment.LazyModule("torch")
+F = experiment.LazyModule("torch.nn.functional")
+alrao = experiment.LazyModule("alrao")
 
 PROG = "main_cnn.py"
 DEFAULTS = experiment.ScriptDefaults(
@@ -48,7 +51,7 @@ def build_parser() -> experiment.ArgumentParser:
         help="augment the training images: random crop 32 with padding 4, horizontal flip",
     )
     groups["model"].add_argument(
-        "--model_name", choices=list(models.MODELS), default="GoogLeNet", help="pre-classifier network"
+        "--model_name", choices=list(models.MODEL_NAMES), default="GoogLeNet", help="pre-classifier network"
     )
     groups["model"].add_argument(
         "--size_multiplier",
@@ -109,25 +112,25 @@ def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device, p
     return {**means, "diverged": not math.isfinite(means.get("loss", math.nan))}
 
 
-@torch.no_grad()
 def evaluate(model, loader, device, precision=None) -> dict:
     """Mean loss (nats) and accuracy of the model's prediction (with Alrao, the switch average),
     under the run's autocast (``precision``, default float32)."""
-    precision = precision or experiment.Precision("off", torch.device(device))
-    model.eval()
-    meter = experiment.Meter()
-    try:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with precision.autocast():
-                output = model(x)
-                loss = F.nll_loss(output, y)
-            meter.add(loss, output, y)
-        if isinstance(model, alrao.AlraoModel):
-            model.check()  # the accelerator path's deferred divergence check: same score on every device
-    except FloatingPointError:  # a diverged network: no prediction to score
-        return {"loss": math.nan, "acc": math.nan}
-    return meter.means()
+    with torch.no_grad():
+        precision = precision or experiment.Precision("off", torch.device(device))
+        model.eval()
+        meter = experiment.Meter()
+        try:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with precision.autocast():
+                    output = model(x)
+                    loss = F.nll_loss(output, y)
+                meter.add(loss, output, y)
+            if isinstance(model, alrao.AlraoModel):
+                model.check()  # the accelerator path's deferred divergence check: same score on every device
+        except FloatingPointError:  # a diverged network: no prediction to score
+            return {"loss": math.nan, "acc": math.nan}
+        return meter.means()
 
 
 @experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
@@ -206,5 +209,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
+    args = build_parser().parse_args()  # first: --help and flag errors need no torch
     experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
-    main(build_parser().parse_args())
+    main(args)

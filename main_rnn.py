@@ -17,13 +17,16 @@ summary.json into --out_dir; --resume continues it.
 
 import math
 
-import torch
-import torch.nn.functional as F
-
-import alrao
 import data
 import experiment
 import models
+
+# torch and alrao (which imports torch) are imported at their first use, and the packages data,
+# experiment and models import torch only for the names that need it: --help answers in a
+# fraction of a second, without torch (tests/test_help.py).
+torch = experiment.LazyModule("torch")
+F = experiment.LazyModule("torch.nn.functional")
+alrao = experiment.LazyModule("alrao")
 
 PROG = "main_rnn.py"
 DEFAULTS = experiment.ScriptDefaults(
@@ -132,29 +135,29 @@ def train_epoch(model, source, optimizer, args, epoch: int, precision=None) -> d
     return {**means, "diverged": not math.isfinite(means.get("loss", math.nan))}
 
 
-@torch.no_grad()
 def evaluate(model, source, bptt: int, precision=None) -> dict:
     """Mean loss (nats per token) and accuracy of the model on the batchified text ``source``,
     under the run's autocast (``precision``, default float32)."""
-    precision = precision or experiment.Precision("off", source.device)
-    model.eval()
-    meter = experiment.Meter()
-    hidden = model.preclassifier.init_hidden(source.size(1))
-    try:
-        for start in range(0, source.size(0) - 1, bptt):
-            inputs, targets = data.get_batch(source, start, bptt)
-            with precision.autocast():
-                output, hidden = model(inputs, hidden)
-                loss = F.nll_loss(output, targets)
-            meter.add(loss, output, targets)
-        if isinstance(model, alrao.AlraoModel):
-            model.check()  # the accelerator path's deferred divergence check: same score on every device
-    except FloatingPointError:  # a diverged network: no prediction to score
-        return {"loss": math.nan, "acc": math.nan}
-    return meter.means()
+    with torch.no_grad():
+        precision = precision or experiment.Precision("off", source.device)
+        model.eval()
+        meter = experiment.Meter()
+        hidden = model.preclassifier.init_hidden(source.size(1))
+        try:
+            for start in range(0, source.size(0) - 1, bptt):
+                inputs, targets = data.get_batch(source, start, bptt)
+                with precision.autocast():
+                    output, hidden = model(inputs, hidden)
+                    loss = F.nll_loss(output, targets)
+                meter.add(loss, output, targets)
+            if isinstance(model, alrao.AlraoModel):
+                model.check()  # the accelerator path's deferred divergence check: same score on every device
+        except FloatingPointError:  # a diverged network: no prediction to score
+            return {"loss": math.nan, "acc": math.nan}
+        return meter.means()
 
 
-def dry_run_tokens(tokens: torch.Tensor, n_streams: int, bptt: int) -> torch.Tensor:
+def dry_run_tokens(tokens: "torch.Tensor", n_streams: int, bptt: int) -> "torch.Tensor":
     """The first tokens of a split: :data:`DRY_RUN_BATCHES` segments of ``bptt`` tokens per stream."""
     return tokens[: n_streams * (DRY_RUN_BATCHES * bptt + 1)]
 
@@ -242,5 +245,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
+    args = build_parser().parse_args()  # first: --help and flag errors need no torch
     experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
-    main(build_parser().parse_args())
+    main(args)

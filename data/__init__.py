@@ -15,19 +15,25 @@ Missing, unreachable or corrupted data raise :class:`DataError`, with a
 one-line message saying where the loader looked and how to get the files.
 """
 
-from .cifar10 import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
-from .errors import DataError
-from .images import ImageSet, ImageSplits
-from .loaders import DeviceLoader, HostLoader, epoch_permutation, make_loaders
-from .offline import load_digits, load_fake
-from .text import EOS, TEXT_CORPORA, Corpus, Dictionary, batchify, get_batch, get_corpus
+import importlib
+from typing import TYPE_CHECKING
 
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .images import ImageSplits
+
+#: Names accepted by :func:`get_corpus`.
+TEXT_CORPORA = ("ptb", "pydoc")
 #: Names accepted by :func:`get_image_loaders`.
 IMAGE_DATASETS = ("cifar10", "digits", "fake")
 
 
-def load_image_splits(name: str, data_path, *, download: bool = True, limit=None) -> ImageSplits:
+def load_image_splits(name: str, data_path, *, download: bool = True, limit=None) -> "ImageSplits":
     """The image dataset ``name`` in memory (uint8), at most ``limit`` examples per split."""
+    from .cifar10 import load_cifar10
+    from .offline import load_digits, load_fake
+
     if name not in IMAGE_DATASETS:
         raise ValueError(f"unknown image dataset {name!r}; valid: {', '.join(IMAGE_DATASETS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -67,11 +73,43 @@ def get_image_loaders(
     ``digits`` and ``fake``). ``download``: fetch CIFAR-10 there when missing.
     ``limit``: at most this many examples per split (for smoke runs).
     """
+    from .loaders import make_loaders
+
     splits = load_image_splits(name, data_path, download=download, limit=limit)
     train, valid, test = make_loaders(
         splits, batch_size, data_augm=data_augm, device=device, seed=seed, num_workers=num_workers
     )
     return train, valid, test, splits.n_classes
+
+
+# The names below need torch: they are imported on first use (PEP 562), so that a script's
+# parser, hence its --help, is built without torch (tests/test_help.py).
+_LAZY = {
+    **dict.fromkeys(("CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"), "cifar10"),
+    **dict.fromkeys(("ImageSet", "ImageSplits"), "images"),
+    **dict.fromkeys(("DeviceLoader", "HostLoader", "epoch_permutation", "make_loaders"), "loaders"),
+    **dict.fromkeys(("load_digits", "load_fake"), "offline"),
+    **dict.fromkeys(("EOS", "Corpus", "Dictionary", "batchify", "get_batch", "get_corpus"), "text"),
+}
+
+
+def __getattr__(name: str):
+    """A torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -8,11 +8,10 @@ valid and test (in that order of first appearance), as in the authors' code.
 
 import torch
 
+from . import TEXT_CORPORA
 from .errors import DataError
 from .ptb import SPLITS, read_ptb_texts
 
-#: Names accepted by :func:`get_corpus`.
-TEXT_CORPORA = ("ptb", "pydoc")
 #: Line-end token, at both levels.
 EOS = "<eos>"
 

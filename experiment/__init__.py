@@ -5,11 +5,10 @@ checkpoints, early stopping and resume; nothing specific to a model or a data
 set (DESIGN.md, principle 2). Each script keeps its own training loop.
 """
 
-from .baselines import MissingPackage, OptimizerHooks
-from .distributed import Ranks
+import importlib
+
 from .early_stopping import EarlyStopping
 from .errors import one_line_errors
-from .files import WriteError, atomic_torch_save, atomic_write_text, dumps_json, to_json, write_json, write_jsonl
 from .flags import (
     ArgumentParser,
     Flags,
@@ -25,21 +24,49 @@ from .flags import (
     positive_int,
     probability,
 )
-from .meter import Meter, Progress, epoch_record
-from .model import PlainModel, build_model, check_memory, count_parameters
-from .optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, build_optimizer_hooks
+from .lazy import LazyModule
 from .report import format_config, format_copies, format_epoch
-from .run import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, Run, UsageError, best_record, exit_with_error, summarize
-from .runtime import (
-    Precision,
-    UnsupportedPrecision,
-    choose_device,
-    derived_generator,
-    keep_freed_memory,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+
+# The names below need torch: they are imported on first use (PEP 562), so that a script's
+# parser, hence its --help, is built without torch (tests/test_help.py).
+_LAZY = {
+    **dict.fromkeys("MissingPackage OptimizerHooks".split(), "baselines"),
+    **dict.fromkeys(["Ranks"], "distributed"),
+    **dict.fromkeys(
+        "WriteError atomic_torch_save atomic_write_text dumps_json to_json write_json write_jsonl".split(), "files"
+    ),
+    **dict.fromkeys("Meter Progress epoch_record".split(), "meter"),
+    **dict.fromkeys("PlainModel build_model check_memory count_parameters".split(), "model"),
+    **dict.fromkeys("OPTIMIZERS OptimizerSpec build_optimizer build_optimizer_hooks".split(), "optimizers"),
+    **dict.fromkeys(
+        "BEST CHECKPOINT CONFIG METRICS SUMMARY Run UsageError best_record exit_with_error summarize".split(), "run"
+    ),
+    **dict.fromkeys(
+        "Precision UnsupportedPrecision choose_device derived_generator keep_freed_memory rng_state "
+        "seed_everything set_rng_state".split(),
+        "runtime",
+    ),
+}
+
+
+def __getattr__(name: str):
+    """A torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     # flags
@@ -56,6 +83,7 @@ __all__ = [
     "nonnegative_float",
     "probability",
     "log10_rate",
+    "LazyModule",
     # seeding, device, optimizers, the network
     "seed_everything",
     "derived_generator",

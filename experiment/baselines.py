@@ -42,11 +42,6 @@ from torch import nn
 import alrao
 
 PIP_EXTRA = "pip install 'alrao[baselines]'"
-LR_OF_BASELINES = (
-    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
-    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
-    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
-)
 CALIBRATION_BATCHES = 50  # the Schedule-Free README's number of training batches for the BatchNorm statistics
 
 

@@ -18,10 +18,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-import torch
-
-from .run import Terminated, UsageError, exit_with_error
-
 
 def describe_os_error(error: OSError) -> str:
     """``error`` as one line: its reason and the path(s) it names."""
@@ -37,6 +33,11 @@ def one_line_errors(prog: str, usage_errors: tuple[type[BaseException], ...] = (
     def decorate(main: Callable) -> Callable:
         @functools.wraps(main)
         def wrapper(*args, **kwargs):
+            # Imported when main runs, not when a script decorates it: its --help needs no torch.
+            import torch
+
+            from .run import Terminated, UsageError, exit_with_error
+
             try:
                 return main(*args, **kwargs)
             except (UsageError, *usage_errors) as error:

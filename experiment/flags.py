@@ -14,9 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .baselines import LR_OF_BASELINES
-from .optimizers import OPTIMIZERS, check_optimizer_flags
-
 GROUPS = ("data", "model", "optimisation", "Alrao", "run")
 PATIENCE = 20  # the paper's early stopping: 20 epochs without a better validation loss
 EPOCHS = 50
@@ -37,6 +34,38 @@ RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_work
 MAX_LR_LOG10 = 3
 # alrao.lr_sampling.GRANULARITIES, spelled out so that --help needs no torch (a test keeps them equal)
 GRANULARITIES = ("feature", "weight")
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """What the flags know of an optimizer of :data:`experiment.optimizers.OPTIMIZERS`: its
+    ``default_lr``, the optional ``flags`` it uses, and whether it has an Alrao version."""
+
+    default_lr: float
+    flags: frozenset[str]
+    has_alrao: bool
+
+
+# experiment.optimizers.OPTIMIZERS as --optimizer, --lr and --momentum show it, spelled out so that
+# --help needs no torch (tests/test_help.py keeps them equal)
+OPTIMIZER_CHOICES = {
+    "SGD": OptimizerChoice(0.01, frozenset({"momentum", "weight_decay"}), True),
+    "Adam": OptimizerChoice(1e-3, frozenset({"weight_decay"}), True),
+    "AliG": OptimizerChoice(0.1, frozenset({"momentum"}), False),
+    "Prodigy": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
+    "DAdaptSGD": OptimizerChoice(1.0, frozenset({"momentum", "weight_decay"}), False),
+    "DAdaptAdam": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
+    "DoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
+    "LDoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
+    "SGDScheduleFree": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
+    "AdamWScheduleFree": OptimizerChoice(0.0025, frozenset({"weight_decay"}), False),
+}
+# What --lr means for the tuning-free baselines (experiment/baselines.py)
+LR_OF_BASELINES = (
+    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
+    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
+    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -182,10 +211,13 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
 
     optim = groups["optimisation"]
     optim.add_argument(
-        "--optimizer", choices=list(OPTIMIZERS), default="SGD", help="optimizer (with --use_alrao: its Alrao version)"
+        "--optimizer",
+        choices=list(OPTIMIZER_CHOICES),
+        default="SGD",
+        help="optimizer (with --use_alrao: its Alrao version)",
     )
-    paper = {n: s for n, s in OPTIMIZERS.items() if s.alrao is not None}
-    baselines = {n: s for n, s in OPTIMIZERS.items() if s.alrao is None}
+    paper = {n: s for n, s in OPTIMIZER_CHOICES.items() if s.has_alrao}
+    baselines = {n: s for n, s in OPTIMIZER_CHOICES.items() if not s.has_alrao}
     optim.add_argument(
         "--lr",
         type=positive_float,
@@ -203,7 +235,7 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         type=nonnegative_float,
         default=0.0,
         help="momentum (used by "
-        + ", ".join(n for n, s in OPTIMIZERS.items() if "momentum" in s.flags)
+        + ", ".join(n for n, s in OPTIMIZER_CHOICES.items() if "momentum" in s.flags)
         + "; the paper uses none)",
     )
     optim.add_argument("--weight_decay", type=nonnegative_float, default=0.0, help="L2 penalty (the paper uses none)")
@@ -346,6 +378,8 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         return f"--patience {args.patience} is used only with early stopping (not with --no-early_stopping)"
     if args.early_stopping and args.patience is None:
         args.patience = PATIENCE
+    from .optimizers import check_optimizer_flags  # imports torch: not before the flags are checked
+
     message = check_optimizer_flags(args)
     if message:
         return message
@@ -356,7 +390,7 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         if args.lr_granularity is not None:
             return f"--lr_granularity {args.lr_granularity} is used only with --use_alrao"
         if args.lr is None:
-            args.lr = OPTIMIZERS[args.optimizer].default_lr
+            args.lr = OPTIMIZER_CHOICES[args.optimizer].default_lr
         return None
     if args.lr is not None:
         return (

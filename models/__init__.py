@@ -13,20 +13,42 @@ its output, the input width of the classifier copies::
 constructors ``ctor(size_multiplier=1)``.
 """
 
-from torch import nn
+import importlib
 
-from .googlenet import GoogLeNet
-from .mobilenetv2 import MobileNetV2
-from .rnn import RNN_TYPES, RNNModel
-from .senet import SENet, SENet18
-from .vgg import VGG, VGG19
+#: The command-line names of the CIFAR-10 pre-classifiers, the keys of :data:`MODELS`, spelled out
+#: so that --help needs no torch (tests/test_help.py keeps them equal).
+MODEL_NAMES = ("VGG19", "GoogLeNet", "MobileNetV2", "SENet18")
 
-#: CIFAR-10 pre-classifiers by command-line name: ``(B, 3, 32, 32)`` -> ``(B, num_features)``.
-MODELS = {
-    "VGG19": VGG19,
-    "GoogLeNet": GoogLeNet,
-    "MobileNetV2": MobileNetV2,
-    "SENet18": SENet18,
+
+def _models() -> dict:
+    """:data:`MODELS`: CIFAR-10 pre-classifiers by command-line name, ``(B, 3, 32, 32)`` -> ``(B, num_features)``."""
+    if "MODELS" not in globals():
+        from .googlenet import GoogLeNet
+        from .mobilenetv2 import MobileNetV2
+        from .senet import SENet18
+        from .vgg import VGG19
+
+        globals()["MODELS"] = {"VGG19": VGG19, "GoogLeNet": GoogLeNet, "MobileNetV2": MobileNetV2, "SENet18": SENet18}
+    return globals()["MODELS"]
+
+
+def build_preclassifier(name: str, size_multiplier=1):
+    """The CIFAR-10 pre-classifier called ``name`` (a key of :data:`MODELS`), an ``nn.Module``
+    with every layer width multiplied by ``size_multiplier``."""
+    registry = _models()
+    if name not in registry:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(registry)}")
+    return registry[name](size_multiplier)
+
+
+# The names below need torch: they are imported on first use (PEP 562), so that a script's
+# parser, hence its --help, is built without torch (tests/test_help.py).
+_LAZY = {
+    **dict.fromkeys(("GoogLeNet",), "googlenet"),
+    **dict.fromkeys(("MobileNetV2",), "mobilenetv2"),
+    **dict.fromkeys(("RNN_TYPES", "RNNModel"), "rnn"),
+    **dict.fromkeys(("SENet", "SENet18"), "senet"),
+    **dict.fromkeys(("VGG", "VGG19"), "vgg"),
 }
 
 
@@ -41,15 +63,31 @@ def min_size_multiplier(name: str) -> float:
     return 1 / NARROWEST_WIDTH[name]
 
 
-def build_preclassifier(name: str, size_multiplier=1) -> nn.Module:
-    """The CIFAR-10 pre-classifier called ``name`` (a key of :data:`MODELS`),
-    with every layer width multiplied by ``size_multiplier``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    return MODELS[name](size_multiplier)
+def __getattr__(name: str):
+    """``MODELS``, a torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
+    if name == "MODELS":
+        return _models()
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), "MODELS", *_LAZY})
 
 
 __all__ = [
+    "MODEL_NAMES",
     "MODELS",
     "build_preclassifier",
     "RNNModel",

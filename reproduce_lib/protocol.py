@@ -26,7 +26,7 @@ WIDTH_FACTOR = 3
 
 #: The language model's name in ``--models`` (the CNNs go by their registry names).
 LSTM = "LSTM"
-CNN_MODELS = tuple(models.MODELS)
+CNN_MODELS = models.MODEL_NAMES
 MODEL_NAMES = CNN_MODELS + (LSTM,)
 #: The models of the paper's Table 1, in its order.
 TABLE1_MODELS = ("MobileNetV2", "GoogLeNet", "VGG19", LSTM)

@@ -426,6 +426,7 @@ def test_cli_is_reproducible_and_equals_the_library_scan(tmp_path, monkeypatch, 
     import models
 
     monkeypatch.setitem(models.MODELS, "Tiny", TinyPre)
+    monkeypatch.setattr(models, "MODEL_NAMES", (*models.MODEL_NAMES, "Tiny"))  # the --model_name choices
     argv = [
         "--model_name",
         "Tiny",
