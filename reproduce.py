@@ -26,7 +26,7 @@ from pathlib import Path
 import data
 import experiment
 from experiment.provenance import RESULTS_SOURCES, source_hash
-from experiment.run import Terminated, check_writable_folder, sigterm_as_interrupt
+from experiment.run_folder import Terminated, check_writable_folder, sigterm_as_interrupt
 from reproduce_lib.aggregate import folder_problem
 from reproduce_lib.experiments import BASELINES, EXPERIMENTS, Context, missing_baselines
 from reproduce_lib.launch import (

@@ -38,9 +38,8 @@ _LAZY = {
     **dict.fromkeys("Meter Progress epoch_record".split(), "meter"),
     **dict.fromkeys("PlainModel build_model check_memory count_parameters".split(), "model"),
     **dict.fromkeys("OPTIMIZERS OptimizerSpec build_optimizer build_optimizer_hooks".split(), "optimizers"),
-    **dict.fromkeys(
-        "BEST CHECKPOINT CONFIG METRICS SUMMARY Run UsageError best_record exit_with_error summarize".split(), "run"
-    ),
+    **dict.fromkeys("Run best_record summarize".split(), "run"),
+    **dict.fromkeys("BEST CHECKPOINT CONFIG METRICS SUMMARY UsageError exit_with_error".split(), "run_folder"),
     **dict.fromkeys(
         "Precision UnsupportedPrecision choose_device derived_generator keep_freed_memory rng_state "
         "seed_everything set_rng_state".split(),

@@ -32,7 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .run import Run, Terminated, UsageError, sigterm_as_interrupt
+from .run import Run
+from .run_folder import Terminated, UsageError, sigterm_as_interrupt
 from .runtime import choose_device
 
 # Signals received (SIGINT, SIGTERM) since the last sum over the ranks: ranks stop together.

@@ -36,7 +36,7 @@ def one_line_errors(prog: str, usage_errors: tuple[type[BaseException], ...] = (
             # Imported when main runs, not when a script decorates it: its --help needs no torch.
             import torch
 
-            from .run import Terminated, UsageError, exit_with_error
+            from .run_folder import Terminated, UsageError, exit_with_error
 
             try:
                 return main(*args, **kwargs)

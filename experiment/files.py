@@ -20,11 +20,10 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 CHECKSUM_SUFFIX = ".sha256"
 # What torch.save's zip writer says when the bytes it wrote did not all reach the file.
@@ -155,6 +154,8 @@ def file_sha256(path: Path) -> str:
 def atomic_torch_save(obj: Any, path: Path, checksum: bool = False) -> None:
     """``torch.save(obj, path)``, atomically; with ``checksum``, also record the file's SHA-256
     in ``<path>.sha256`` (see the module's docstring)."""
+    import torch
+
     path = Path(path)
     if not checksum:
         _atomic_write(path, lambda f: torch.save(obj, f))
@@ -213,7 +214,8 @@ def to_json(obj: Any) -> Any:
     Strict JSON has no NaN or infinity; a diverged run says so in its own
     ``diverged`` field, and its non-finite losses are written as ``null``.
     """
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # not imported: no tensor to convert (and no torch to load)
+    if torch is not None and isinstance(obj, torch.Tensor):
         obj = obj.tolist()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

@@ -8,7 +8,7 @@ from torch import nn
 
 import alrao
 
-from .run import UsageError
+from .run_folder import UsageError
 
 
 class PlainModel(nn.Module):

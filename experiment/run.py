@@ -1,15 +1,8 @@
 """One run and its out dir: configuration, metrics log, checkpoints, early stopping,
 divergence, resume and Ctrl-C (DESIGN.md principles 5, 9, 11).
 
-Files of a run (all written atomically)::
-
-    config.json      the script, its resolved flags, parameter counts, device, versions
-    metrics.jsonl    one JSON object per epoch (the scripts' records, plus epoch and wall time)
-    checkpoint.pt    everything needed to resume, at the end of the last epoch
-    best.pt          the evaluated network (hooks.eval()) at the epoch of the best validation loss
-    *.pt.sha256      the SHA-256 of checkpoint.pt and best.pt (checkpoint.pt's is verified on resume)
-    summary.json     how the run ended and its metrics at the best validation epoch
-    run.lock         held (flock) by the process training the folder; holds its process id
+The run folder's files, statuses and lock are described (and named) in
+:mod:`experiment.run_folder`, the contract that ``reproduce.py`` reads too.
 
 Faults (tests/test_faults.py): a process killed at any moment leaves a folder that the same
 command continues (with --resume) or starts again (killed before its first checkpoint: it trained
@@ -29,23 +22,15 @@ A script uses it as::
     summary = run.finish()
 """
 
-import contextlib
 import json
 import math
 import os
 import platform
 import signal
 import sys
-import threading
 import time
 import weakref
 from pathlib import Path
-from typing import NoReturn
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 import torch
 
@@ -54,43 +39,37 @@ from .early_stopping import EarlyStopping
 from .files import (
     ChecksumError,
     atomic_torch_save,
-    checksum_path,
-    is_temporary_of,
     verify_checksum,
     write_json,
     write_jsonl,
 )
-from .flags import RESUMABLE_FLAGS
 from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
+from .run_folder import (
+    BEST,
+    CHECKPOINT,
+    COMPLETED,
+    CONFIG,
+    DIVERGED,
+    EARLY_STOPPED,
+    FORMAT,
+    INTERRUPTED,
+    METRICS,
+    RESUMABLE_FLAGS,
+    RUN_FILES,
+    RUNNING,
+    SUMMARY,
+    UNTRAINED_FILES,
+    Terminated,
+    UsageError,
+    check_writable_folder,
+    deferred_interrupts,
+    lock_folder,
+    remove_temporary_files,
+    sigterm_as_interrupt,
+)
 from .runtime import rng_state, set_rng_state
 
-CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY = (
-    "config.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "best.pt",
-    "summary.json",
-)
-# the SHA-256 of checkpoint.pt and best.pt, verified on resume (see files.py)
-CHECKPOINT_SUM, BEST_SUM = checksum_path(Path(CHECKPOINT)).name, checksum_path(Path(BEST)).name
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINT_SUM, BEST, BEST_SUM, SUMMARY)
-# What a run killed before its first checkpoint leaves: it trained nothing, and starts again.
-UNTRAINED_FILES = frozenset({CONFIG, METRICS, CHECKPOINT_SUM})
-# Held (flock) by the process training the folder's run: a second process on the same folder
-# (a sweep started again while an orphaned run still trains) stops instead of writing over it.
-LOCK = "run.lock"
-FORMAT = 1  # version of the checkpoint layout
-
-
-# Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.
-RUNNING, COMPLETED, EARLY_STOPPED, DIVERGED, INTERRUPTED = (
-    "running",
-    "completed",
-    "early_stopped",
-    "diverged",
-    "interrupted",
-)
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
 # Divergence (the paper's "diverges" in spirit: the loss blew up). An epoch diverged when the
@@ -108,16 +87,6 @@ METRIC_PREFIXES = ("train_", "valid_", "test_")
 #   the other copies do, and the switch moves the posterior off copies that blow up: a run whose
 #   bad copies alone blow up goes on.
 DIVERGENCE_FACTOR = 100
-
-
-class UsageError(Exception):
-    """A command that cannot run as given (one-line message; the scripts exit with status 2)."""
-
-
-def exit_with_error(prog: str, error) -> NoReturn:
-    """Print ``prog: error: message`` as argparse does and exit with status 2."""
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def best_record(history: list[dict]) -> dict | None:
@@ -534,123 +503,6 @@ class Run:
         raise SystemExit(128 + (signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT)) from None
 
 
-def lock_folder(folder: Path) -> int | None:
-    """Take the run's lock in ``folder`` for this process and return its file descriptor (closing
-    it releases the lock, as does the process's end, even killed); :class:`UsageError` if another
-    process holds it. The lock file holds the holder's process id. ``None`` where the platform
-    has no ``flock`` (Windows): no lock."""
-    if fcntl is None:
-        return None
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        holder = lock_holder(folder)
-        raise UsageError(
-            f"--out_dir {folder} is being trained by another process "
-            f"({f'process {holder}' if holder else 'it'} holds {folder / LOCK}): "
-            "wait for it to end, or choose another --out_dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def lock_holder(folder: Path) -> int | None:
-    """The process id of the process training ``folder`` now (0 if it has not written it yet), or
-    ``None`` when no process holds its lock."""
-    if fcntl is None or not (Path(folder) / LOCK).is_file():
-        return None
-    try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # held: read who holds it
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else 0
-    else:
-        return None
-    finally:
-        os.close(fd)  # releases the shared lock taken, if any
-
-
-def remove_temporary_files(folder: Path) -> list[str]:
-    """Remove the temporary files of the run's files that a killed process left in ``folder``
-    (call it with the folder's lock held); returns their names."""
-    removed = []
-    for entry in Path(folder).iterdir():
-        if any(is_temporary_of(entry.name, name) for name in RUN_FILES):
-            entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return removed
-
-
-def check_writable_folder(folder: Path, flag: str) -> None:
-    """:class:`UsageError` unless ``folder`` is, or can be created as, a folder this process may
-    write into (checked on the nearest existing ancestor: nothing is created here)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {folder}: cannot write into {existing} (read-only or permission denied)")
-
-
 def _file_signature(path: Path) -> tuple:
     stat = path.stat()
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received: handled as Ctrl-C (a ``KeyboardInterrupt``), exit status 143."""
-
-
-def _raise_terminated(signum, frame) -> NoReturn:
-    raise Terminated()
-
-
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Within this block SIGINT (Ctrl-C) and SIGTERM wait: at its end, the first one received is
-    delivered to the handler that was in place, as if it had just arrived. Writes in the block
-    finish whole, so that the files on disk and the state that names them agree. Nested blocks
-    and threads other than the main one defer nothing more."""
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
-        yield
-        return
-    received = []
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in signals}
-    _deferring.active = True
-    try:
-        yield
-    finally:
-        _deferring.active = False
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            signal.raise_signal(received[0])
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within this block SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so that
-    whatever handles Ctrl-C handles it too. Only the main thread may set handlers: elsewhere, nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiment.run import CONFIG, INTERRUPTED, METRICS, SUMMARY
+from experiment.run_folder import CONFIG, INTERRUPTED, METRICS, SUMMARY
 
 from .plan import Column, Plan, Row, RunSpec, script_of
 from .protocol import PAPER_DATASETS, PAPER_TABLE1, Published, is_lstm, loss_metric

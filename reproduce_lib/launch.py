@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 
-from experiment.run import CHECKPOINT, CONFIG, INTERRUPTED, RESUMABLE_FLAGS, SUMMARY, lock_holder
+from experiment.run_folder import CHECKPOINT, CONFIG, INTERRUPTED, RESUMABLE_FLAGS, SUMMARY, lock_holder
 
 from .aggregate import folder_problem
 from .plan import RunSpec

@@ -19,7 +19,7 @@ from torch import nn
 
 import alrao
 import experiment
-from experiment import run as run_module
+from experiment import run_folder
 
 DEFAULTS = experiment.ScriptDefaults(
     datasets=("real", "fake"),
@@ -347,7 +347,7 @@ def test_a_run_writes_its_files_and_stops_early(tmp_path, capsys):
     assert checkpoint["epoch"] == 4 and checkpoint["status"] == "early_stopped"
     assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == 2
     assert "early stopping" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted(run_module.RUN_FILES + (run_module.LOCK,))
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES + (run_folder.LOCK,))
 
 
 def test_a_diverged_run_is_recorded_and_stops(tmp_path):
@@ -382,7 +382,7 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
         experiment.Run(parse("--out_dir", str(tmp_path / "bad"), "--resume"), "script.py", "t", torch.device("cpu"))
 
 
-@pytest.mark.skipif(run_module.fcntl is None, reason="no flock on this platform")
+@pytest.mark.skipif(run_folder.fcntl is None, reason="no flock on this platform")
 def test_a_folder_being_trained_is_not_trained_by_a_second_process(tmp_path):
     first = start_run(tmp_path, "--epochs", "4")
     with pytest.raises(experiment.UsageError, match="being trained by another process"):

@@ -32,6 +32,7 @@ import models
 import reproduce
 from experiment import files as files_module
 from experiment import run as run_module
+from experiment import run_folder
 from reproduce_lib.launch import launch
 from reproduce_lib.plan import Plan, adam
 from reproduce_lib.protocol import PROFILES
@@ -46,7 +47,7 @@ DEFAULTS = experiment.ScriptDefaults(
     max_lr_log10=1,
     n_classifiers=4,
 )
-needs_flock = pytest.mark.skipif(run_module.fcntl is None, reason="no flock on this platform")
+needs_flock = pytest.mark.skipif(run_folder.fcntl is None, reason="no flock on this platform")
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
 
@@ -225,7 +226,7 @@ def test_the_lock_is_taken_before_the_folder_is_checked(tmp_path):
     with pytest.raises(experiment.UsageError, match="already holds a run"):
         paused.start(model, experiment.build_optimizer(model, args))
     assert_states_equal(torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["model"], finished)
-    assert run_module.lock_holder(folder) is None  # the refused run released the lock
+    assert run_folder.lock_holder(folder) is None  # the refused run released the lock
 
 
 # -------------------------------------------------------------- corruption
@@ -390,7 +391,7 @@ def run_main_cnn(capsys, *argv):
 def test_a_folder_locked_by_another_process_is_a_one_line_error(tmp_path, capsys):
     folder = tmp_path / "run"
     folder.mkdir()
-    fd = run_module.lock_folder(folder)  # another open file description: as another process
+    fd = run_folder.lock_folder(folder)  # another open file description: as another process
     try:
         code, line = run_main_cnn(capsys, "--out_dir", str(folder))
     finally:
@@ -472,7 +473,7 @@ def test_a_sweep_waits_for_a_folder_still_trained_by_an_orphaned_run(tmp_path, c
     run = plan.run("LSTM", adam(), 0)
     folder = tmp_path / run.folder
     folder.mkdir(parents=True)
-    fd = run_module.lock_folder(folder)  # the orphan of a sweep killed with -9
+    fd = run_folder.lock_folder(folder)  # the orphan of a sweep killed with -9
     threading.Timer(0.5, os.close, (fd,)).start()  # ... ends a moment later
     (outcome,) = launch([run], tmp_path, launcher="inline")
     assert outcome.ok and json.loads((folder / "summary.json").read_text())["status"] == "completed"
