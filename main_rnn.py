@@ -245,6 +245,7 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    args = build_parser().parse_args()  # first: --help and flag errors need no torch
-    experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
+    with experiment.start_up(PROG):  # a Ctrl-C while torch loads: one line, too
+        args = build_parser().parse_args()  # first: --help and flag errors need no torch
+        experiment.keep_freed_memory()  # large CPU tensors reuse their pages (see its docstring)
     main(args)

@@ -333,4 +333,6 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    with experiment.start_up(PROG):  # a Ctrl-C while parsing: one line, too
+        args = build_parser().parse_args()
+    raise SystemExit(main(args))

@@ -8,7 +8,7 @@ set (DESIGN.md, principle 2). Each script keeps its own training loop.
 import importlib
 
 from .early_stopping import EarlyStopping
-from .errors import one_line_errors
+from .errors import one_line_errors, start_up
 from .flags import (
     ArgumentParser,
     Flags,
@@ -121,6 +121,7 @@ __all__ = [
     "UsageError",
     "exit_with_error",
     "one_line_errors",
+    "start_up",
     "WriteError",
     "best_record",
     "summarize",

@@ -13,10 +13,13 @@ checkpoint stays, and the line says how to resume). Other exceptions are bugs: t
 traceback.
 """
 
+import contextlib
 import functools
 import signal
 import sys
 from collections.abc import Callable
+
+from .run_folder import Terminated, UsageError, exit_with_error, sigterm_as_interrupt
 
 
 def describe_os_error(error: OSError) -> str:
@@ -27,27 +30,28 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.strerror}: {paths}" if paths else error.strerror
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out. torch is looked up, not imported: the scripts import
+    it inside ``main``, so that a Ctrl-C while it loads is handled here too (and --help needs none)."""
+    torch = sys.modules.get("torch")
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError))
+
+
 def one_line_errors(prog: str, usage_errors: tuple[type[BaseException], ...] = ()):
     """Decorate a script's ``main`` so that every fault it meets ends as the table above says."""
 
     def decorate(main: Callable) -> Callable:
         @functools.wraps(main)
         def wrapper(*args, **kwargs):
-            # Imported when main runs, not when a script decorates it: its --help needs no torch.
-            import torch
-
-            from .run_folder import Terminated, UsageError, exit_with_error
-
             try:
                 return main(*args, **kwargs)
             except (UsageError, *usage_errors) as error:
                 exit_with_error(prog, error)
             except KeyboardInterrupt as interrupt:
-                terminated = isinstance(interrupt, Terminated)
-                what = "terminated" if terminated else "interrupted"
-                print(f"\n{prog}: {what} (outside the epochs: nothing was being trained)", file=sys.stderr)
-                raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
-            except (MemoryError, torch.OutOfMemoryError) as error:
+                _exit_interrupted(prog, interrupt)
+            except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                if not _out_of_memory(error):
+                    raise
                 reason = (str(error).strip().splitlines() or [""])[0]
                 print(f"{prog}: error: out of memory ({reason or type(error).__name__})", file=sys.stderr)
                 raise SystemExit(1) from None
@@ -58,3 +62,22 @@ def one_line_errors(prog: str, usage_errors: tuple[type[BaseException], ...] = (
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def start_up(prog: str):
+    """A script's start-up (parsing its flags, which may load torch): Ctrl-C or SIGTERM there ends
+    it in one line, status 130 / 143, as in :func:`one_line_errors`."""
+    try:
+        with sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as interrupt:
+        _exit_interrupted(prog, interrupt)
+
+
+def _exit_interrupted(prog: str, interrupt: KeyboardInterrupt):
+    terminated = isinstance(interrupt, Terminated)
+    what = "terminated" if terminated else "interrupted"
+    print(f"\n{prog}: {what} (outside the epochs: nothing was being trained)", file=sys.stderr)
+    # 128 + the signal number: the shell's status for a process ended by SIGINT / SIGTERM
+    raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None

@@ -379,6 +379,35 @@ def test_sigint_at_start_up_is_one_line_and_status_130(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("main_cnn.py: interrupted")
 
 
+SLOW_TORCH = """
+import runpy, sys, time
+class SlowTorch:  # the first import of torch waits, so that a signal lands while torch loads
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            print("importing torch", file=sys.stderr, flush=True)
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, SlowTorch())
+sys.argv = ["main_cnn.py", "--dry_run", "--no-cuda", "--out_dir", {out!r}]
+runpy.run_path("main_cnn.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_torch_loads_is_one_line(tmp_path, signum, status):
+    command = [sys.executable, "-c", SLOW_TORCH.format(out=str(tmp_path / "run"))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("importing torch"):
+            process.send_signal(signum)
+            break
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("main_cnn.py: ")
+
+
 # ----------------------------------------------------- one-line failures
 def run_main_cnn(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
