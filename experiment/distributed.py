@@ -21,6 +21,7 @@ rank holds the same state. What the scripts need beyond that lives here:
   dropout masks of a rank's shard), so a resumed run continues exactly as an uninterrupted one.
 """
 
+import atexit
 import contextlib
 import os
 import signal
@@ -110,6 +111,14 @@ class _Transparent(DistributedDataParallel):
             return getattr(self.module, name)
 
 
+def _leave_process_group() -> None:
+    """At exit, leave the process group this process joined, before the interpreter tears down:
+    a communicator destroyed during that teardown can abort the process ("terminate called
+    without an active exception", seen with gloo), which torchrun reports as the run's failure."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Ranks:
     """This process's place in the run: ``rank`` of ``world``, ``local_rank`` on its machine."""
 
@@ -130,6 +139,7 @@ class Ranks:
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if cuda else "gloo")
+            atexit.register(_leave_process_group)
         ranks = cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
         if not ranks.is_main:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
