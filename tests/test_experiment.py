@@ -15,21 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_script import DEFAULTS
 from torch import nn
 
 import alrao
 import experiment
 from experiment import run_folder
-
-DEFAULTS = experiment.ScriptDefaults(
-    datasets=("real", "fake"),
-    dataset="real",
-    dry_run_dataset="fake",
-    batch_size=8,
-    min_lr_log10=-5,
-    max_lr_log10=1,
-    n_classifiers=4,
-)
 
 
 def make_parser():

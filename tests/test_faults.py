@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_script import DEFAULTS
 from torch import nn
 
 import alrao
@@ -38,15 +39,6 @@ from reproduce_lib.plan import Plan, adam
 from reproduce_lib.protocol import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS = experiment.ScriptDefaults(
-    datasets=("real", "fake"),
-    dataset="real",
-    dry_run_dataset="fake",
-    batch_size=8,
-    min_lr_log10=-5,
-    max_lr_log10=1,
-    n_classifiers=4,
-)
 needs_flock = pytest.mark.skipif(run_folder.fcntl is None, reason="no flock on this platform")
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
