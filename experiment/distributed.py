@@ -23,6 +23,7 @@ rank holds the same state. What the scripts need beyond that lives here:
 
 import atexit
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -112,9 +113,15 @@ class _Transparent(DistributedDataParallel):
 
 
 def _leave_process_group() -> None:
-    """At exit, leave the process group this process joined, before the interpreter tears down:
-    a communicator destroyed during that teardown can abort the process ("terminate called
-    without an active exception", seen with gloo), which torchrun reports as the run's failure."""
+    """At exit, leave the process group this process joined, before the interpreter tears down.
+
+    A process group still alive when the interpreter tears down can abort the process (gloo:
+    "terminate called without an active exception"), which torchrun reports as the run's
+    failure. ``destroy_process_group`` alone was not enough: what still refers to the group
+    (the network in DistributedDataParallel, held in reference cycles) lives on until the
+    collector runs. Measured with 2 gloo ranks on a loaded 2-core machine: 2 of 36 finished
+    runs aborted without the collection, 0 of 64 with it."""
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -214,7 +214,8 @@ def launched_run(tmp_path, monkeypatch, launcher: str, **options):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     run = Plan(PROFILES["quick"], models=("LSTM",), seeds=(0,), epochs=1, dry_run=True).run("LSTM", adam(), 0)
     (outcome,) = launch([run], tmp_path, launcher=launcher, **options)
-    assert outcome.ok, outcome.message
+    logs = "\n".join(log.read_text()[-4000:] for log in tmp_path.glob("**/reproduce.log"))
+    assert outcome.ok, f"{outcome.message}\n{logs}"
     folder = tmp_path / run.folder
     return json.loads((folder / experiment.CONFIG).read_text()), json.loads((folder / experiment.SUMMARY).read_text())
 
