@@ -18,7 +18,7 @@ from experiment.flags import OPTIMIZER_CHOICES
 
 from . import figures
 from .aggregate import RowResult, load_result, row_result
-from .outputs import Provenance, format_seeds, seeds_text, write_json
+from .outputs import Provenance, format_seeds, runs_note, seeds_text, write_json
 from .plan import Column, Plan, Row, RunSpec, alrao_sgd, baseline_columns, sgd, table1_columns, unique, width_columns
 from .protocol import (
     ALRAO_CNN,
@@ -338,7 +338,7 @@ def baselines_notes(names: Sequence[str], missing: dict[str, str], runs_dir: Pat
         "The paper's numbers for SGD, Adam and Alrao are beside ours in table1.md.",
     ]
     notes += [f"Not run: {message}" for message in missing.values()]
-    return notes + [f"Runs: `{runs_dir}`."]
+    return [*notes, runs_note(runs_dir)]
 
 
 def write_baselines_files(rows: list[RowResult], provenance: Provenance, context: Context) -> list[Path]:
@@ -399,7 +399,7 @@ def write_granularity_files(rows: list[RowResult], provenance: Provenance, conte
         "per feature: one random learning rate per feature of the pre-classifier (the paper's Alrao; "
         "max_lr 10 is Table 1's Alrao run); per weight: one per weight (`--lr_granularity weight`), the "
         "paper's ablation, reported much worse for a large max_lr. The copies' rates are the same in both.",
-        f"Runs: `{context.out_dir}`.",
+        runs_note(context.out_dir),
     ]
     markdown = markdown_by_method(
         rows, provenance, width, "Random learning rates per feature vs per weight (Alrao-SGD)", notes

@@ -23,6 +23,7 @@ __all__ = [
     "git_commit",
     "format_rate",
     "format_seeds",
+    "runs_note",
     "seeds_text",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -42,6 +43,16 @@ def format_rate(lr: float | None) -> str:
     if -2 <= exponent <= 1:
         return f"{lr:.2g}"
     return f"{lr / 10.0**exponent:.1f}e{exponent}"
+
+
+def runs_note(runs_dir) -> str:
+    """The notes' line naming the runs a table was made from: the path relative to the repository
+    when the runs are inside it (``runs/regenerate-<code hash>``, the same on every clone that runs
+    tools/regenerate.py), else as given."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(runs_dir).resolve()
+    shown = path.relative_to(root) if path.is_relative_to(root) else Path(runs_dir)
+    return f"Runs: `{shown}`."
 
 
 def format_seeds(seeds: Sequence[int]) -> str:

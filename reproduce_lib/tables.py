@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .aggregate import Cell, RowResult, Stat
-from .outputs import DASH, Provenance, atomic_write_text, format_rate, write_json
+from .outputs import DASH, Provenance, atomic_write_text, format_rate, runs_note, write_json
 from .protocol import DATASET_NAMES, PAPER_SOURCE, SGD_RATES, Published, is_lstm
 
 
@@ -131,7 +131,7 @@ def notes_text(rows: Sequence[RowResult], base_width: float, runs_dir: str) -> l
             "The paper's numbers are for its data and widths; rows on other data or widths show "
             "them for reference, without a difference."
         )
-    notes.append(f"Runs: `{runs_dir}`.")
+    notes.append(runs_note(runs_dir))
     return ["- " + note for note in notes]
 
 

@@ -1,12 +1,13 @@
 """Unit tests of reproduce.py's aggregation and tables, on hand-made run summaries."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reproduce_lib.aggregate import RowResult, RunResult, Stat, choose_on_validation, column_cell, mean_std
-from reproduce_lib.outputs import Provenance, format_rate, format_seeds
+from reproduce_lib.outputs import Provenance, format_rate, format_seeds, runs_note
 from reproduce_lib.plan import Column, Row, adam, sgd, table1_columns
 from reproduce_lib.protocol import PAPER_TABLE1, PROFILES, SGD_RATES
 from reproduce_lib.tables import json_table1, markdown_table1
@@ -167,3 +168,10 @@ def test_other_data_get_the_papers_numbers_for_reference_but_no_difference():
     assert "| digits VGG19 width×0.25 | ours |" in text and "paper (CIFAR-10)" in text
     assert "ours − paper" not in text and "without a difference" in text
     assert json_table1([_row(False)], provenance, 0.25)["rows"][0]["cells"]["SGD"]["difference"] is None
+
+
+def test_runs_note_names_runs_inside_the_repository_by_their_relative_path(tmp_path):
+    """A committed table names ``runs/regenerate-<hash>`` whatever clone regenerated it."""
+    root = Path(__file__).resolve().parents[1]
+    assert runs_note(root / "runs" / "regenerate-abc") == "Runs: `runs/regenerate-abc`."
+    assert runs_note(tmp_path / "runs") == f"Runs: `{tmp_path / 'runs'}`."
