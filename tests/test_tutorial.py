@@ -1,25 +1,15 @@
-"""tutorial.ipynb runs top to bottom in a fresh kernel, is the notebook tools/make_tutorial.py
-writes, and keeps the outputs of a full-size run."""
+"""tutorial.ipynb runs top to bottom in a fresh kernel, holds the cells of tutorial.py (its jupytext
+pair), and keeps the outputs of a full-size run."""
 
-import importlib.util
-import pathlib
-
+import jupytext
 import nbformat
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "tutorial.ipynb"
-REGENERATE = "edit tools/make_tutorial.py, then run `python tools/make_tutorial.py`"
+from tools import tutorial_notebook
 
-
-def _load_maker():
-    spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "tools" / "make_tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-maker = _load_maker()
+NOTEBOOK = tutorial_notebook.NOTEBOOK
+SOURCE = tutorial_notebook.SOURCE
+REGENERATE = "edit tutorial.py, then run `python tools/regenerate.py --only tutorial`"
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +30,16 @@ def _n_figures(nb):
     return sum("image/png" in output.get("data", {}) for output in _outputs(nb))
 
 
-def test_notebook_is_the_generated_one(committed):
-    expected = maker.build()
-    assert len(committed.cells) == len(expected.cells), f"tutorial.ipynb has other cells: {REGENERATE}"
-    for i, (have, want) in enumerate(zip(committed.cells, expected.cells)):
+def test_notebook_and_tutorial_py_are_in_sync(committed):
+    source = jupytext.read(SOURCE)
+    assert committed.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", (
+        "tutorial.ipynb is not paired with tutorial.py (jupytext formats ipynb,py:percent)"
+    )
+    sync = "edit tutorial.py, then run `jupytext --sync tutorial.py`"
+    assert len(committed.cells) == len(source.cells), f"tutorial.ipynb has other cells than tutorial.py: {sync}"
+    for i, (have, want) in enumerate(zip(committed.cells, source.cells)):
         assert (have.cell_type, have.source) == (want.cell_type, want.source), (
-            f"cell {i} of tutorial.ipynb differs from tools/make_tutorial.py: {REGENERATE}"
+            f"cell {i} of tutorial.ipynb differs from tutorial.py: {sync}"
         )
 
 
@@ -68,7 +62,7 @@ def test_notebook_runs_top_to_bottom(committed, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    nb = maker.build()
-    maker.execute(nb, quick=True, timeout=300)  # raises CellExecutionError at the first failing cell
+    nb = tutorial_notebook.build()
+    tutorial_notebook.execute(nb, quick=True, timeout=300)  # raises CellExecutionError at the first failing cell
     assert _first_output_text(nb).startswith("quick smoke run:")
     assert _n_figures(nb) == _n_figures(committed)

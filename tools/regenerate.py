@@ -7,8 +7,8 @@
    ``provenance.json``: each file's sha256 and the hash of the code that wrote it);
 2. the README's results tables, rewritten between their ``<!-- begin generated: FILE -->`` /
    ``<!-- end generated -->`` markers from ``results/quick/*.md``;
-3. ``tutorial.ipynb``, rebuilt by tools/make_tutorial.py and executed full size, its metadata
-   stamped with the hash of the code it ran.
+3. ``tutorial.ipynb``, rebuilt from the cells of ``tutorial.py`` (jupytext, tools/tutorial_notebook.py)
+   and executed full size, its metadata stamped with the hash of the code it ran.
 
 It took 13.5 minutes on a 2-core CPU (the sweep: 94 runs, 756 s). tests/test_committed_results.py
 fails, naming this command, when the code that produced a committed number changed since. For a
@@ -19,7 +19,6 @@ check of the command itself, shrink it and write elsewhere, e.g.::
 """
 
 import argparse
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiment.files import atomic_write_text  # noqa: E402
 from experiment.provenance import RESULTS_SOURCES, TUTORIAL_SOURCES, source_hash  # noqa: E402
+from tools import tutorial_notebook  # noqa: E402
 
 #: A generated block of the README: ``<!-- begin generated: results/quick/table1.md -->`` ... end.
 BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
@@ -58,13 +58,6 @@ def rewrite_readme(readme: str, results_dir: Path) -> str:
     return BLOCK.sub(rebuild, readme)
 
 
-def load_maker():
-    spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "tools" / "make_tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_sweep(args) -> None:
     cmd = [
         sys.executable,
@@ -85,16 +78,15 @@ def run_sweep(args) -> None:
 
 
 def run_tutorial(args) -> None:
-    maker = load_maker()
-    nb = maker.build()
+    nb = tutorial_notebook.build()
     start = time.perf_counter()
-    maker.execute(nb, quick=args.quick_tutorial, timeout=1800)
+    tutorial_notebook.execute(nb, quick=args.quick_tutorial, timeout=1800)
     nb.metadata[NOTEBOOK_STAMP] = {
         "source_hash": source_hash(TUTORIAL_SOURCES),
         "execution_s": round(time.perf_counter() - start),
         "quick": args.quick_tutorial,
     }
-    maker.write(nb, args.notebook)
+    tutorial_notebook.write(nb, args.notebook)
     print(f"wrote {args.notebook} (executed in {time.perf_counter() - start:.0f} s)")
 
 
