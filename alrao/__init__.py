@@ -9,11 +9,12 @@ Tools beside the method (the AliG optimizer, the loss-per-learning-rate scan)
 live in :mod:`alrao.tools`; their names are re-exported here too.
 """
 
+from .deprecated import classifier_lrs
 from .device_path import accelerator_path, on_accelerator_path
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 from .likelihood import GaussianNLL
-from .lr_sampling import register_feature_rule, sample_feature_lrs
-from .model import AlraoModel, classifier_lrs
+from .lr_sampling import classifier_lr_grid, register_feature_rule, sample_feature_lrs
+from .model import AlraoModel
 from .optim import AlraoAdam, AlraoSGD
 from .relative import relative_factors, relative_lr, relative_param_groups, relative_weight_decay
 from .switch import Switch
@@ -26,7 +27,8 @@ __all__ = [
     "Switch",
     "sample_feature_lrs",
     "register_feature_rule",
-    "classifier_lrs",
+    "classifier_lr_grid",
+    "classifier_lrs",  # deprecated alias of classifier_lr_grid
     "LinearClassifier",
     "LinearClassifierRNN",
     "LinearRegressor",

@@ -28,8 +28,15 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .lr_sampling import check_granularity, check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
-from .model import AlraoModel, classifier_lrs
+from .lr_sampling import (
+    check_granularity,
+    check_lr_interval,
+    classifier_lr_grid,
+    fallback_lrs,
+    log_uniform_sampler,
+    sample_feature_lrs,
+)
+from .model import AlraoModel
 from .relative import relative_param_groups
 
 
@@ -64,7 +71,7 @@ class _FeatureLROptimizer(Optimizer):
             if isinstance(model.loss_fn, nn.Module):  # a learned variance (alrao.GaussianNLL): trained like a feature
                 rates.update(sample_feature_lrs(model.loss_fn, min_lr, max_lr, generator, granularity))
             self._copy_params = [next(c.parameters(), None) for c in model.classifiers]
-            for eta, copy in zip(classifier_lrs(min_lr, max_lr, model.n_classifiers), model.classifiers):
+            for eta, copy in zip(classifier_lr_grid(min_lr, max_lr, model.n_classifiers), model.classifiers):
                 for p in copy.parameters():
                     rates.setdefault(p, torch.tensor(eta, dtype=p.dtype, device=p.device))
         else:
