@@ -4,7 +4,7 @@ Builds a network of the registry (pre-classifier + linear classifier, in train
 mode, freshly initialised from --seed) and a fresh optimizer, takes the first
 training batch (no augmentation), and for each rate of a log-spaced grid
 measures the loss on that batch after ONE optimizer step at that rate
-(:func:`alrao.lr_scan`: the model and the optimizer are restored between
+(:func:`alrao.tools.lr_scan`: the model and the optimizer are restored between
 probes). Saves the figure (PNG) and the numbers (JSON beside it):
 
     python lr_scan.py --model_name GoogLeNet --dataset cifar10 --minLR -5 --maxLR 1 --n_points 13
@@ -127,7 +127,7 @@ def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:
 
 
 @experiment.one_line_errors(PROG, usage_errors=(data.DataError,))
-def main(args) -> "alrao.LRScanResult":
+def main(args) -> "alrao.tools.LRScanResult":
     """Scan the rates of ``args`` (from :func:`build_parser`); returns the result."""
     out = Path(args.out)
     out_json = out.with_suffix(".json")
@@ -156,7 +156,7 @@ def main(args) -> "alrao.LRScanResult":
     batch = (inputs.to(device), targets.to(device))
 
     lrs = learning_rates(args.minLR, args.maxLR, args.n_points)
-    result = alrao.lr_scan(model, nn.NLLLoss(), batch, optimizer, lrs)
+    result = alrao.tools.lr_scan(model, nn.NLLLoss(), batch, optimizer, lrs)
 
     print(f"loss before the step: {result.loss_before:.4f}")
     print("learning rate   loss after one step")
@@ -165,7 +165,7 @@ def main(args) -> "alrao.LRScanResult":
     best = result.best_lr
     print(f"lowest loss at learning rate {best:.3e}" if best is not None else "every rate diverged")
     experiment.write_json(out_json, {"config": vars(args), "device": device_text, **result.to_dict()})
-    alrao.plot_lr_scan(result, path=out)
+    alrao.tools.plot_lr_scan(result, path=out)
     print(f"wrote {out} and {out_json}")
     return result
 

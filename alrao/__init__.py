@@ -4,18 +4,21 @@
 Each feature of the pre-classifier gets a learning rate drawn log-uniformly in
 ``[min_lr, max_lr]``; the classifier is replaced by copies with log-spaced
 learning rates, averaged by the switch. See README.md for the training loop.
+
+Tools beside the method (the AliG optimizer, the loss-per-learning-rate scan)
+live in :mod:`alrao.tools`; their names are re-exported here too.
 """
 
-from .alig import AliG
+from .deprecated import classifier_lrs
 from .device_path import accelerator_path, on_accelerator_path
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 from .likelihood import GaussianNLL
-from .lr_sampling import register_feature_rule, sample_feature_lrs
-from .lr_scan import LRScanResult, lr_scan, plot_lr_scan
-from .model import AlraoModel, classifier_lrs
+from .lr_sampling import classifier_lr_grid, register_feature_rule, sample_feature_lrs
+from .model import AlraoModel
 from .optim import AlraoAdam, AlraoSGD
 from .relative import relative_factors, relative_lr, relative_param_groups, relative_weight_decay
 from .switch import Switch
+from .tools import AliG, LRScanResult, lr_scan, plot_lr_scan
 
 __all__ = [
     "AlraoModel",
@@ -24,7 +27,8 @@ __all__ = [
     "Switch",
     "sample_feature_lrs",
     "register_feature_rule",
-    "classifier_lrs",
+    "classifier_lr_grid",
+    "classifier_lrs",  # deprecated alias of classifier_lr_grid
     "LinearClassifier",
     "LinearClassifierRNN",
     "LinearRegressor",

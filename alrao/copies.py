@@ -22,6 +22,7 @@ parameters, and the average leaves it out (``finite`` mask).
 """
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,12 +31,20 @@ from torch.func import functional_call, vmap
 from .device_path import known_all_finite
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 
-# Built-in layers whose copies go through _LinearCopies:
-# class -> (name of its nn.Linear, log-softmax after it?, flatten (seq, batch, d)?)
+
+class LinearHead(NamedTuple):
+    """What :class:`_LinearCopies` needs to know of a built-in classifier layer."""
+
+    linear: str  # the attribute holding its nn.Linear
+    log_softmax: bool  # whether a log-softmax follows the linear layer
+    flatten: bool  # whether its input (seq, batch, d) is flattened to (seq * batch, d)
+
+
+# Built-in layers whose copies go through _LinearCopies.
 _LINEAR_HEADS = {
-    LinearClassifier: ("fc", True, False),
-    LinearClassifierRNN: ("decoder", True, True),
-    LinearRegressor: ("fc", False, False),
+    LinearClassifier: LinearHead(linear="fc", log_softmax=True, flatten=False),
+    LinearClassifierRNN: LinearHead(linear="decoder", log_softmax=True, flatten=True),
+    LinearRegressor: LinearHead(linear="fc", log_softmax=False, flatten=False),
 }
 
 
@@ -48,16 +57,16 @@ def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Ten
     """``(y_mix, y_own, finite)``: the copies' outputs stacked ``(N, ...)`` twice and
     the ``(N,)`` mask of copies whose output is all finite."""
     head = _LINEAR_HEADS.get(type(copies[0]))
-    batched = head is not None and all(type(c) is type(copies[0]) for c in copies) and (head[2] or z.dim() == 2)
+    batched = head is not None and all(type(c) is type(copies[0]) for c in copies) and (head.flatten or z.dim() == 2)
     if not torch.is_grad_enabled():
         if batched:
-            linears = [getattr(c, head[0]) for c in copies]
+            linears = [getattr(c, head.linear) for c in copies]
             weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
             y, finite, _, _ = _linear_forward(z, weights, biases, head, autocast_dtype(z.device))
             return y, y, finite
         return _generic_copies(copies, z)
     if batched:
-        linears = [getattr(c, head[0]) for c in copies]
+        linears = [getattr(c, head.linear) for c in copies]
         params = [p for lin in linears for p in (lin.weight, lin.bias)]
         return _LinearCopies.apply(head, z, *params)
     return _generic_copies(copies, z)
@@ -181,15 +190,14 @@ def _linear_forward(z, weights, biases, head, low):
     instead of an elementwise test (a NaN or inf anywhere makes the sum
     non-finite; so do finite outputs large enough to overflow it, which only
     a diverged copy produces)."""
-    _, log_softmax, flatten = head
-    x = z.reshape(-1, z.shape[-1]) if flatten else z
+    x = z.reshape(-1, z.shape[-1]) if head.flatten else z
     weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
     if low is not None:
         x, weight, bias = x.to(low), weight.to(low), bias.to(low)
     a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
     if low is not None:
         a = a.float()
-    y = torch.log_softmax(a, dim=-1) if log_softmax else a
+    y = torch.log_softmax(a, dim=-1) if head.log_softmax else a
     return y, torch.isfinite(y.sum(dim=(1, 2))), x, weight
 
 
@@ -216,7 +224,7 @@ class _LinearCopies(torch.autograd.Function):
         zero = torch.zeros((), dtype=y.dtype, device=y.device)
         keep = finite.view(n, 1, 1)
         probs = None
-        if ctx.head[1]:
+        if ctx.head.log_softmax:
             # the copies' probabilities, a diverged copy's NaNs replaced (its gradient is zeroed below)
             probs = torch.where(keep, y, zero).exp_() if masked else y.exp()
 

@@ -22,16 +22,18 @@ from collections.abc import Iterator
 
 import torch
 
-_forced: bool | None = None  # None: decided by the device; True/False: forced by accelerator_path()
+# The path taken: "by device" (a CPU's tensors take the host path, any other device's the accelerator
+# path), or the one forced by accelerator_path(): "accelerator" or "host".
+_path = "by device"
 
 
 def on_accelerator_path(device: torch.device) -> bool:
     """Whether code handling tensors on ``device`` must avoid host reads (see the module docstring)."""
     if torch.compiler.is_compiling():
         return True
-    if _forced is not None:
-        return _forced
-    return device.type != "cpu"
+    if _path == "by device":
+        return device.type != "cpu"
+    return _path == "accelerator"
 
 
 @contextlib.contextmanager
@@ -42,12 +44,12 @@ def accelerator_path(enabled: bool = True) -> Iterator[None]:
         with alrao.accelerator_path():
             ...  # a CPU step runs the GPU's code: no host read, deferred checks
     """
-    global _forced
-    previous, _forced = _forced, bool(enabled)
+    global _path
+    previous, _path = _path, ("accelerator" if enabled else "host")
     try:
         yield
     finally:
-        _forced = previous
+        _path = previous
 
 
 def known_all_finite(finite: torch.Tensor) -> bool:

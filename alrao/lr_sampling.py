@@ -1,4 +1,7 @@
-"""Per-feature learning rates (paper, section 3.1, "Alrao for the pre-classifier").
+"""The learning rates Alrao draws (paper, section 3.1): one per feature of the
+pre-classifier, and the grid of the classifier copies' rates.
+
+Per-feature learning rates ("Alrao for the pre-classifier"):
 
 Each *feature* of the pre-classifier gets one learning rate, drawn once,
 log-uniformly in ``[min_lr, max_lr]``; every incoming parameter of that feature
@@ -12,6 +15,9 @@ broadcast against its parameter: rates are stored compactly (``(out, 1, 1, 1)``
 for a conv filter bank) rather than at the parameter's full size.
 
 Custom layers get a rule with :func:`register_feature_rule`.
+
+The classifier copies' rates are not drawn: copy ``j`` gets ``eta_j`` of a
+log-spaced grid, :func:`classifier_lr_grid`.
 
 The paper's ablation ("per weight instead of per feature") draws one
 rate per *weight* instead: ``granularity='weight'`` gives every element of
@@ -232,3 +238,14 @@ def sample_feature_lrs(
             stacklevel=2,
         )
     return lrs
+
+
+def classifier_lr_grid(min_lr: float, max_lr: float, n_classifiers: int) -> list[float]:
+    """The copies' learning rates: ``log eta_j`` evenly spaced on ``[log min_lr, log max_lr]``,
+    ``j = 0 .. n_classifiers - 1`` (paper, section 3.1). A single copy gets the log-midpoint.
+
+    (An optimizer's ``classifier_lrs()`` method gives the rates its copies were built with.)"""
+    if n_classifiers == 1:
+        return [math.sqrt(min_lr * max_lr)]
+    step = math.log(max_lr / min_lr) / (n_classifiers - 1)
+    return [math.exp(math.log(min_lr) + j * step) for j in range(n_classifiers)]

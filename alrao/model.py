@@ -30,12 +30,13 @@ applied by that step.)
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .copies import evaluate_copies
+from .deprecated import classifier_lrs  # noqa: F401  (its old home: alrao.model.classifier_lrs)
 from .device_path import known_all_finite, on_accelerator_path
 from .distributed import average_copy_losses
 from .likelihood import GaussianNLL, copy_log_likelihoods, mixture_mean
@@ -451,12 +452,3 @@ class _LogMixture(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         return weight * grad, None, None
-
-
-def classifier_lrs(min_lr: float, max_lr: float, n_classifiers: int) -> Sequence[float]:
-    """Learning rates of the copies: ``log eta_j`` evenly spaced on ``[log min_lr, log max_lr]``
-    (paper, section 3.1). A single copy gets the log-midpoint."""
-    if n_classifiers == 1:
-        return [math.sqrt(min_lr * max_lr)]
-    step = math.log(max_lr / min_lr) / (n_classifiers - 1)
-    return [math.exp(math.log(min_lr) + j * step) for j in range(n_classifiers)]

@@ -28,8 +28,15 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .lr_sampling import check_granularity, check_lr_interval, fallback_lrs, log_uniform_sampler, sample_feature_lrs
-from .model import AlraoModel, classifier_lrs
+from .lr_sampling import (
+    check_granularity,
+    check_lr_interval,
+    classifier_lr_grid,
+    fallback_lrs,
+    log_uniform_sampler,
+    sample_feature_lrs,
+)
+from .model import AlraoModel
 from .relative import relative_param_groups
 
 
@@ -64,16 +71,17 @@ class _FeatureLROptimizer(Optimizer):
             if isinstance(model.loss_fn, nn.Module):  # a learned variance (alrao.GaussianNLL): trained like a feature
                 rates.update(sample_feature_lrs(model.loss_fn, min_lr, max_lr, generator, granularity))
             self._copy_params = [next(c.parameters(), None) for c in model.classifiers]
-            for eta, copy in zip(classifier_lrs(min_lr, max_lr, model.n_classifiers), model.classifiers):
+            for eta, copy in zip(classifier_lr_grid(min_lr, max_lr, model.n_classifiers), model.classifiers):
                 for p in copy.parameters():
                     rates.setdefault(p, torch.tensor(eta, dtype=p.dtype, device=p.device))
         else:
             rates = sample_feature_lrs(model, min_lr, max_lr, generator, granularity)
             self._copy_params = []
-        self._pending_rates = rates
         defaults = dict(lr=1.0, min_lr=min_lr, max_lr=max_lr, granularity=granularity, **defaults)
-        super().__init__(relative_param_groups(model, lr=1.0, weight_decay=defaults["weight_decay"]), defaults)
-        del self._pending_rates
+        groups = relative_param_groups(model, lr=1.0, weight_decay=defaults["weight_decay"])
+        for group in groups:  # each group carries its parameters' rates to add_param_group
+            group["feature_lrs"] = {p: rates[p] for p in group["params"] if p in rates}
+        super().__init__(groups, defaults)
         self._alrao_model = model if isinstance(model, AlraoModel) else None
         if self._alrao_model is not None:
             model._attach_optimizer(self)
@@ -97,17 +105,24 @@ class _FeatureLROptimizer(Optimizer):
             model._optimizer_stepped()
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group; parameters that did not come with the model get fallback
-        feature rates (one per slice along dim 0), with a warning."""
+        """Add a group. Its parameters' feature rates come from ``param_group['feature_lrs']``,
+        ``{parameter: rates}``, taken out of the dict (the constructor hands over the rates drawn
+        for the model's layers this way); a parameter without rates there (one that did not come
+        with the model) gets fallback rates, one per slice along dim 0, with a warning."""
+        given: dict = param_group.pop("feature_lrs", {})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        pending: dict = getattr(self, "_pending_rates", {})
+        try:
+            _check_given_rates(given, group["params"])
+        except ValueError:
+            self.param_groups.pop()  # bad input adds nothing
+            raise
         draw = None
         for p in group["params"]:
             if "feature_lr" in self.state[p]:
                 continue
-            if p in pending:
-                rate = pending[p]
+            if p in given:
+                rate = given[p]
             else:
                 draw = draw or log_uniform_sampler(group["min_lr"], group["max_lr"], self._generator)
                 per_weight = group.get("granularity") == "weight"
@@ -169,6 +184,21 @@ class _FeatureLROptimizer(Optimizer):
         for i, p in enumerate(params):
             buckets[(p.device, p.dtype)].append(i)
         return buckets
+
+
+def _check_given_rates(given: dict, params: list[torch.Tensor]) -> None:
+    """Raise ValueError unless ``given`` maps parameters of the group to tensors that broadcast against them."""
+    in_group = {id(p) for p in params}
+    for p, rate in given.items():
+        if id(p) not in in_group:
+            raise ValueError("add_param_group: param_group['feature_lrs'] names a parameter that is not in the group")
+        try:
+            torch.broadcast_shapes(rate.shape, p.shape)
+        except (AttributeError, RuntimeError):
+            raise ValueError(
+                f"add_param_group: the feature rates of a parameter of shape {tuple(p.shape)} must be a tensor "
+                f"that broadcasts against it, got {getattr(rate, 'shape', rate)!r}"
+            ) from None
 
 
 def _multi_tensor_kernels(device: torch.device) -> bool:

@@ -191,7 +191,7 @@ class AliGHooks(OptimizerHooks):
 # ------------------------------------------------------------------ builders
 # Each is ``build(model, lr, args) -> Optimizer``, as OptimizerSpec.plain.
 def alig(model, lr, args):
-    return alrao.AliG(model.parameters(), max_lr=lr, momentum=args.momentum)
+    return alrao.tools.AliG(model.parameters(), max_lr=lr, momentum=args.momentum)
 
 
 def prodigy(model, lr, args):

@@ -79,7 +79,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
     ),
     # Tuning-free baselines, built as their authors document them (experiment/baselines.py).
-    # AliG (ours, alrao.AliG): --lr is max_lr, the largest step size; regularisation
+    # AliG (ours, alrao.tools.AliG): --lr is max_lr, the largest step size; regularisation
     # would be a constraint (projection_fn), so --weight_decay is not offered.
     "AliG": OptimizerSpec(
         default_lr=0.1,  # the max_lr of the AliG paper's CIFAR experiments

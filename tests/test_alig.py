@@ -1,11 +1,11 @@
-"""Tests of alrao.AliG against steps computed by hand (Berrada et al. 2020)."""
+"""Tests of alrao.tools.AliG against steps computed by hand (Berrada et al. 2020)."""
 
 import copy
 
 import pytest
 import torch
 
-from alrao.alig import AliG
+from alrao.tools import AliG
 
 # The small problem: loss(w) = 0.5 * w^T A w with A = diag(1, 3), from w0 = (1, 1):
 # loss(w0) = 2, g0 = A w0 = (1, 3), ||g0||^2 = 10, so the AliG step is 2 / 10 = 0.2.

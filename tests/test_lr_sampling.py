@@ -182,3 +182,18 @@ def test_granularity_is_checked():
         sample_feature_lrs(nn.Linear(2, 2), 1e-3, 1.0, granularity="neuron")
     with pytest.raises(ValueError, match="granularity must be one of"):
         alrao.AlraoSGD(nn.Linear(2, 2), 1e-3, 1.0, granularity="neuron")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_classifier_lr_grid_is_log_spaced_from_min_lr_to_max_lr(n):
+    grid = alrao.classifier_lr_grid(1e-4, 1.0, n)
+    expected = [1e-2] if n == 1 else [10 ** (-4 + 4 * j / (n - 1)) for j in range(n)]
+    assert grid == pytest.approx(expected, rel=1e-12)
+
+
+def test_classifier_lrs_the_function_is_a_deprecated_alias_of_classifier_lr_grid():
+    from alrao.model import classifier_lrs as old_home
+
+    for old in (alrao.classifier_lrs, old_home):
+        with pytest.warns(DeprecationWarning, match="use alrao.classifier_lr_grid"):
+            assert old(1e-3, 10.0, 4) == alrao.classifier_lr_grid(1e-3, 10.0, 4)

@@ -1,4 +1,4 @@
-"""Tests of alrao.lr_scan: exact restoration after each probe, and the closed form on a quadratic."""
+"""Tests of alrao.tools.lr_scan: exact restoration after each probe, and the closed form on a quadratic."""
 
 import copy
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alrao.alig import AliG
-from alrao.lr_scan import LRScanResult, lr_scan, plot_lr_scan
+from alrao.tools import AliG, LRScanResult, lr_scan, plot_lr_scan
 
 LRS = [1e-3, 1e-2, 0.1, 0.5, 1.0]
 

@@ -3,6 +3,7 @@ feature rates applied per feature, schedulers, state_dict round trips, validatio
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -239,6 +240,33 @@ def test_closure_and_added_group():
 
     assert torch.isfinite(opt.step(closure))
     assert copy.deepcopy(opt.state_dict())["state"][0]["step"] == 1
+
+
+def test_an_added_group_may_bring_its_feature_rates():
+    lin = nn.Linear(2, 1)
+    opt = alrao.AlraoSGD(lin, 1e-3, 1e-1)
+    extra, rates = nn.Parameter(torch.zeros(3, 2)), torch.full((3, 1), 0.5)
+    group = {"params": [extra], "feature_lrs": {extra: rates}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback rates, no warning
+        opt.add_param_group(group)
+    assert opt.state[extra]["feature_lr"] is rates and "feature_lrs" not in opt.param_groups[-1]
+
+
+@pytest.mark.parametrize(
+    "feature_lrs, match",
+    [
+        (lambda extra: {nn.Parameter(torch.zeros(1)): torch.ones(1)}, "not in the group"),
+        (lambda extra: {extra: torch.ones(4)}, "must be a tensor that broadcasts against it"),
+        (lambda extra: {extra: 0.5}, "must be a tensor that broadcasts against it"),
+    ],
+)
+def test_an_added_groups_bad_feature_rates_are_one_error_and_add_nothing(feature_lrs, match):
+    opt = alrao.AlraoSGD(nn.Linear(2, 1), 1e-3, 1e-1)
+    extra = nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [extra], "feature_lrs": feature_lrs(extra)})
+    assert len(opt.param_groups) == 1 and extra not in opt.state
 
 
 OPTIMIZERS = pytest.mark.parametrize(

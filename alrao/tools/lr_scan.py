@@ -13,7 +13,7 @@ behaviour. For SGD or Adam that is the learning rate. For
 :class:`alrao.AlraoSGD` / :class:`alrao.AlraoAdam`, whose group ``lr`` is a
 multiplier (default 1) of the per-feature learning rates, the probed value
 scales all feature rates together (1 is Alrao's own step). For
-:class:`alrao.AliG`, scan ``lr_key='max_lr'``. One exception keeps relative
+:class:`alrao.tools.AliG`, scan ``lr_key='max_lr'``. One exception keeps relative
 rates per module meaningful: a group built by
 :func:`alrao.relative_param_groups` carries its factor ``relative_lr``, and
 its ``lr`` is set to the probed value times that factor (so the probed value
@@ -96,7 +96,7 @@ def lr_scan(
             possibly with state (momentum buffers, Adam moments). Its ``step``
             is called with a closure that zeroes the gradients, computes the
             loss and back-propagates, so closure-based optimizers (LBFGS,
-            :class:`alrao.AliG`) work too.
+            :class:`alrao.tools.AliG`) work too.
         lrs: the rates to probe, positive numbers (learning rates, not log10).
         lr_key: the param-group hyper-parameter set to each rate, in every
             group (times the group's ``relative_lr`` factor, if any: see the

@@ -63,7 +63,7 @@ class AliG(Optimizer):
 
     Example::
 
-        optimizer = alrao.AliG(model.parameters(), max_lr=0.1, momentum=0.9)
+        optimizer = alrao.tools.AliG(model.parameters(), max_lr=0.1, momentum=0.9)
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
