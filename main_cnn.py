@@ -49,28 +49,8 @@ def build_parser() -> experiment.ArgumentParser:
         default=True,
         help="augment the training images: random crop 32 with padding 4, horizontal flip",
     )
-    groups["model"].add_argument(
-        "--model_name", choices=list(models.MODEL_NAMES), default="GoogLeNet", help="pre-classifier network"
-    )
-    groups["model"].add_argument(
-        "--size_multiplier",
-        type=experiment.positive_float,
-        default=1.0,
-        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
-    )
-    parser.add_check(_check_size_multiplier)
+    experiment.add_network_arguments(parser, groups["model"], models.MODEL_NAMES, models.NARROWEST_WIDTH)
     return parser
-
-
-def _check_size_multiplier(args) -> str | None:
-    smallest = models.min_size_multiplier(args.model_name)
-    if args.size_multiplier < smallest:
-        return (
-            f"--size_multiplier {args.size_multiplier:g} is below {smallest:g}: the narrowest layer of "
-            f"{args.model_name} ({models.NARROWEST_WIDTH[args.model_name]} channels at width 1) would have "
-            "less than one channel"
-        )
-    return None
 
 
 def train_epoch(model, loader, optimizer, epoch: int, device, precision=None) -> dict:

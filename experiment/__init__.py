@@ -15,6 +15,8 @@ from .flags import (
     Flags,
     ScriptDefaults,
     add_common_arguments,
+    add_network_arguments,
+    add_shared_argument,
     check_log10_interval,
     dry_run_line,
     given_flags,
@@ -24,6 +26,8 @@ from .flags import (
     positive_float,
     positive_int,
     probability,
+    unused_data_path,
+    used_only_with,
 )
 from .lazy import LazyModule
 from .report import format_config, format_copies, format_epoch
@@ -78,6 +82,10 @@ __all__ = [
     "dry_run_line",
     "given_flags",
     "add_common_arguments",
+    "add_network_arguments",
+    "add_shared_argument",
+    "unused_data_path",
+    "used_only_with",
     "positive_int",
     "nonnegative_int",
     "positive_float",

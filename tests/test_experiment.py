@@ -220,7 +220,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
 
 def test_choose_device_honours_no_cuda():
     device, text = experiment.choose_device(no_cuda=True)
-    assert device.type == "cpu" and "--no-cuda" in text
+    assert device.type == "cpu" and "--no_cuda" in text
 
 
 # ---------------------------------------------------------------- model, meter
@@ -364,7 +364,7 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
     assert re.search(
         r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); `--resume --out_dir .*` alone continues it, and only "
-        "--compile, --data_path, --epochs, --no-cuda, --num_workers may change",
+        "--compile, --data_path, --epochs, --no_cuda, --num_workers may change",
         capsys.readouterr().err,
     )
     (tmp_path / "bad").mkdir()
