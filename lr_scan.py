@@ -20,13 +20,7 @@ from pathlib import Path
 import data
 import experiment
 import models
-
-# torch and alrao (which imports torch) are imported at their first use, and the packages data,
-# experiment and models import torch only for the names that need it: --help answers in a
-# fraction of a second, without torch (tests/test_help.py).
-torch = experiment.LazyModule("torch")
-nn = experiment.LazyModule("torch.nn")
-alrao = experiment.LazyModule("alrao")
+from experiment.lazy import alrao, nn, torch  # at first use: --help needs no torch (tests/test_help.py)
 
 PROG = "lr_scan.py"
 OFFLINE_DATASETS = ("digits", "fake")  # made in memory: no --data_path (as main_cnn.py's)

@@ -18,13 +18,7 @@ import math
 import data
 import experiment
 import models
-
-# torch and alrao (which imports torch) are imported at their first use, and the packages data,
-# experiment and models import torch only for the names that need it: --help answers in a
-# fraction of a second, without torch (tests/test_help.py).
-torch = experiment.LazyModule("torch")
-F = experiment.LazyModule("torch.nn.functional")
-alrao = experiment.LazyModule("alrao")
+from experiment.lazy import F, alrao, torch  # at first use: --help needs no torch (tests/test_help.py)
 
 PROG = "main_cnn.py"
 DEFAULTS = experiment.ScriptDefaults(
