@@ -83,8 +83,7 @@ def evaluate(model, loader, device, precision=None) -> dict:
                     output = model(x)
                     loss = F.nll_loss(output, y)
                 meter.add(loss, output, y)
-            if isinstance(model, alrao.AlraoModel):
-                model.check()  # the accelerator path's deferred divergence check: same score on every device
+            model.check()  # Alrao's accelerator path's deferred divergence check: same score on every device
         except FloatingPointError:  # a diverged network: no prediction to score
             return {"loss": math.nan, "acc": math.nan}
         return meter.means()

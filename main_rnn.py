@@ -126,8 +126,7 @@ def evaluate(model, source, bptt: int, precision=None) -> dict:
                     output, hidden = model(inputs, hidden)
                     loss = F.nll_loss(output, targets)
                 meter.add(loss, output, targets)
-            if isinstance(model, alrao.AlraoModel):
-                model.check()  # the accelerator path's deferred divergence check: same score on every device
+            model.check()  # Alrao's accelerator path's deferred divergence check: same score on every device
         except FloatingPointError:  # a diverged network: no prediction to score
             return {"loss": math.nan, "acc": math.nan}
         return meter.means()

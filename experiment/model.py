@@ -18,8 +18,9 @@ class PlainModel(nn.Module):
     it: ``preclassifier``, ``classifiers`` (a list of one), ``loss(output,
     target)``; a tuple ``(x, a, b, ...)`` returned by the pre-classifier gives
     ``(classifier(x), a, b, ...)``. No copies to report (``last_copy_losses`` and
-    ``last_copy_outputs`` are ``None``) and no switch (``update_switch`` does nothing), so
-    one loop trains both (:func:`experiment.train_steps`).
+    ``last_copy_outputs`` are ``None``), no switch (``update_switch`` does nothing) and no
+    deferred check (``check`` does nothing), so the same loops train and evaluate both
+    (:func:`experiment.train_steps`).
     """
 
     last_copy_losses = None
@@ -42,6 +43,9 @@ class PlainModel(nn.Module):
 
     def update_switch(self, process_group=None) -> None:
         """Nothing: one classifier, no switch to update."""
+
+    def check(self) -> None:
+        """Nothing: no divergence check deferred (Alrao's accelerator path defers its own)."""
 
 
 # Training memory per parameter, in bytes: the float32 weight, its gradient and up to two
