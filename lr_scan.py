@@ -20,15 +20,10 @@ from pathlib import Path
 import data
 import experiment
 import models
-
-# torch and alrao (which imports torch) are imported at their first use, and the packages data,
-# experiment and models import torch only for the names that need it: --help answers in a
-# fraction of a second, without torch (tests/test_help.py).
-torch = experiment.LazyModule("torch")
-nn = experiment.LazyModule("torch.nn")
-alrao = experiment.LazyModule("alrao")
+from experiment.lazy import alrao, nn, torch  # at first use: --help needs no torch (tests/test_help.py)
 
 PROG = "lr_scan.py"
+OFFLINE_DATASETS = ("digits", "fake")  # made in memory: no --data_path (as main_cnn.py's)
 # With a fresh optimizer the scanned step is its first one: no momentum buffer
 # or moment estimate exists yet, so the plain optimizers need no extra flag.
 OPTIMIZERS = {
@@ -48,21 +43,14 @@ def build_parser() -> experiment.ArgumentParser:
     group.add_argument(
         "--data_path", default="datasets", help="folder holding the data sets (downloaded there when missing)"
     )
-    group.add_argument(
-        "--batch_size",
-        type=experiment.positive_int,
+    experiment.add_shared_argument(
+        group,
+        "batch_size",
         default=32,
         help="size of the batch the rates are probed on (the paper trains with 32)",
     )
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model_name", choices=list(models.MODEL_NAMES), default="GoogLeNet", help="pre-classifier network"
-    )
-    group.add_argument(
-        "--size_multiplier",
-        type=experiment.positive_int,
-        default=1,
-        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
+    experiment.add_network_arguments(
+        parser, parser.add_argument_group("model"), models.MODEL_NAMES, models.NARROWEST_WIDTH
     )
     group = parser.add_argument_group("scan")
     group.add_argument(
@@ -71,12 +59,8 @@ def build_parser() -> experiment.ArgumentParser:
         default="SGD",
         help="optimizer taking the step (fresh: the step is its first)",
     )
-    group.add_argument(
-        "--minLR", type=experiment.log10_rate, default=-5.0, help="log10 of the smallest learning rate probed"
-    )
-    group.add_argument(
-        "--maxLR", type=experiment.log10_rate, default=1.0, help="log10 of the largest learning rate probed"
-    )
+    experiment.add_shared_argument(group, "minLR", default=-5.0, help="log10 of the smallest learning rate probed")
+    experiment.add_shared_argument(group, "maxLR", default=1.0, help="log10 of the largest learning rate probed")
     group.add_argument(
         "--n_points",
         type=experiment.positive_int,
@@ -84,16 +68,16 @@ def build_parser() -> experiment.ArgumentParser:
         help="number of learning rates, log-spaced from 10^minLR to 10^maxLR",
     )
     group = parser.add_argument_group("run")
-    group.add_argument(
-        "--seed",
-        type=experiment.nonnegative_int,
+    experiment.add_shared_argument(
+        group,
+        "seed",
         default=0,
         help="seed of the initialisation, of the batch drawn and of dropout",
     )
     group.add_argument(
         "--out", default="lr_scan.png", help="path of the figure (PNG); the numbers go to the same path with .json"
     )
-    group.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    experiment.add_shared_argument(group, "no_cuda", help=experiment.flags.NO_CUDA_HELP)
     parser.add_check(_check_args)
     return parser
 
@@ -113,9 +97,9 @@ def _check_args(args) -> str | None:
         return f"--n_points 1 probes one rate: give --minLR = --maxLR (got {args.minLR:g} and {args.maxLR:g})"
     if args.n_points > 1 and not args.minLR < args.maxLR:
         return f"--minLR ({args.minLR:g}) must be smaller than --maxLR ({args.maxLR:g})"
-    if args.dataset != "cifar10" and "data_path" in experiment.given_flags(args):
-        return f"--data_path {args.data_path} is not used by --dataset {args.dataset} (made in memory, no files)"
-    return experiment.check_log10_interval(args.minLR, args.maxLR)
+    return experiment.unused_data_path(args, OFFLINE_DATASETS) or experiment.check_log10_interval(
+        args.minLR, args.maxLR
+    )
 
 
 def learning_rates(min_log10: float, max_log10: float, n_points: int) -> list:

@@ -18,13 +18,7 @@ import math
 import data
 import experiment
 import models
-
-# torch and alrao (which imports torch) are imported at their first use, and the packages data,
-# experiment and models import torch only for the names that need it: --help answers in a
-# fraction of a second, without torch (tests/test_help.py).
-torch = experiment.LazyModule("torch")
-F = experiment.LazyModule("torch.nn.functional")
-alrao = experiment.LazyModule("alrao")
+from experiment.lazy import F, alrao, torch  # at first use: --help needs no torch (tests/test_help.py)
 
 PROG = "main_cnn.py"
 DEFAULTS = experiment.ScriptDefaults(
@@ -38,7 +32,6 @@ DEFAULTS = experiment.ScriptDefaults(
     offline_datasets=("digits", "fake"),
 )
 DRY_RUN_BATCHES = 2  # batches per split with --dry_run
-REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
 def build_parser() -> experiment.ArgumentParser:
@@ -50,66 +43,30 @@ def build_parser() -> experiment.ArgumentParser:
         default=True,
         help="augment the training images: random crop 32 with padding 4, horizontal flip",
     )
-    groups["model"].add_argument(
-        "--model_name", choices=list(models.MODEL_NAMES), default="GoogLeNet", help="pre-classifier network"
-    )
-    groups["model"].add_argument(
-        "--size_multiplier",
-        type=experiment.positive_float,
-        default=1.0,
-        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
-    )
-    parser.add_check(_check_size_multiplier)
+    experiment.add_network_arguments(parser, groups["model"], models.MODEL_NAMES, models.NARROWEST_WIDTH)
     return parser
 
 
-def _check_size_multiplier(args) -> str | None:
-    smallest = models.min_size_multiplier(args.model_name)
-    if args.size_multiplier < smallest:
-        return (
-            f"--size_multiplier {args.size_multiplier:g} is below {smallest:g}: the narrowest layer of "
-            f"{args.model_name} ({models.NARROWEST_WIDTH[args.model_name]} channels at width 1) would have "
-            "less than one channel"
-        )
-    return None
-
-
-def train_epoch(model, loader, optimizer, use_alrao: bool, epoch: int, device, precision=None) -> dict:
+def train_epoch(model, loader, optimizer, epoch: int, device, precision=None) -> dict:
     """One epoch of training; the epoch's mean loss / accuracy (per copy too, with Alrao),
     and ``diverged: True`` if the training loss stopped being finite. ``precision``: the
     ``--amp`` setting (:class:`experiment.Precision`; default float32)."""
     precision = precision or experiment.Precision("off", torch.device(device))
     model.train()
-    meter = experiment.Meter()
-    bar = experiment.Progress(loader, desc=f"epoch {epoch}")
-    means = {}
-    try:
-        for i, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with precision.autocast():
-                output = model(x)
-                loss = model.loss(output, y)
-            optimizer.zero_grad()
-            precision.backward(loss)
-            # the closure gives the loss to optimizers that use it (AliG)
-            stepped = precision.step(optimizer, lambda loss=loss: loss)
-            if use_alrao:
-                meter.add(loss, output, y, model.last_copy_losses, model.last_copy_outputs)
-                if stepped:  # a step the gradient scaler skipped leaves the switch as it was
-                    model.update_switch()
-            else:
-                meter.add(loss, output, y)
-            if (i + 1) % REFRESH_EVERY == 0 or i + 1 == len(loader):
-                means = meter.means()
-                bar.set_postfix({"loss": f"{means['loss']:.4f}", "acc": f"{100 * means['acc']:.2f}%"})
-                if not math.isfinite(means["loss"]):
-                    break
-    except FloatingPointError:  # Alrao: the pre-classifier itself diverged (not only some copies)
-        means = meter.means()
-        means["loss"] = math.nan
-    finally:
-        bar.close()
-    return {**means, "diverged": not math.isfinite(means.get("loss", math.nan))}
+
+    def step(batch):
+        x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with precision.autocast():
+            output = model(x)
+            loss = model.loss(output, y)
+        optimizer.zero_grad()
+        precision.backward(loss)
+        # the closure gives the loss to optimizers that use it (AliG)
+        stepped = precision.step(optimizer, lambda: loss)
+        return loss, output, y, stepped
+
+    return experiment.train_steps(model, loader, epoch, step)
 
 
 def evaluate(model, loader, device, precision=None) -> dict:
@@ -126,8 +83,7 @@ def evaluate(model, loader, device, precision=None) -> dict:
                     output = model(x)
                     loss = F.nll_loss(output, y)
                 meter.add(loss, output, y)
-            if isinstance(model, alrao.AlraoModel):
-                model.check()  # the accelerator path's deferred divergence check: same score on every device
+            model.check()  # Alrao's accelerator path's deferred divergence check: same score on every device
         except FloatingPointError:  # a diverged network: no prediction to score
             return {"loss": math.nan, "acc": math.nan}
         return meter.means()
@@ -195,7 +151,7 @@ def main(args) -> dict:
             for loader in (train_loader, valid_loader, test_loader):
                 loader.set_epoch(epoch)  # data order is a function of (seed, epoch): resume is exact
             hooks.train()
-            train = train_epoch(net, train_loader, optimizer, args.use_alrao, epoch, device, precision)
+            train = train_epoch(net, train_loader, optimizer, epoch, device, precision)
             ranks.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere, as saved
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:

@@ -20,13 +20,7 @@ import math
 import data
 import experiment
 import models
-
-# torch and alrao (which imports torch) are imported at their first use, and the packages data,
-# experiment and models import torch only for the names that need it: --help answers in a
-# fraction of a second, without torch (tests/test_help.py).
-torch = experiment.LazyModule("torch")
-F = experiment.LazyModule("torch.nn.functional")
-alrao = experiment.LazyModule("alrao")
+from experiment.lazy import F, alrao, torch  # at first use: --help needs no torch (tests/test_help.py)
 
 PROG = "main_rnn.py"
 DEFAULTS = experiment.ScriptDefaults(
@@ -43,7 +37,6 @@ DEFAULTS = experiment.ScriptDefaults(
 )
 EVAL_BATCH_SIZE = 10  # parallel streams of the validation and test text (as the authors' code)
 DRY_RUN_BATCHES = 2  # bptt segments per split with --dry_run
-REFRESH_EVERY = 10  # batches between two host reads of the running loss (progress bar, divergence)
 
 
 def build_parser() -> experiment.ArgumentParser:
@@ -99,40 +92,23 @@ def train_epoch(model, source, optimizer, args, epoch: int, precision=None) -> d
     setting (:class:`experiment.Precision`; default float32)."""
     precision = precision or experiment.Precision("off", source.device)
     model.train()
-    meter = experiment.Meter()
     hidden = model.preclassifier.init_hidden(source.size(1))
-    starts = range(0, source.size(0) - 1, args.bptt)
-    bar = experiment.Progress(starts, desc=f"epoch {epoch}")
-    means = {}
-    try:
-        for i, start in enumerate(bar):
-            inputs, targets = data.get_batch(source, start, args.bptt)
-            with precision.autocast():
-                output, hidden = model(inputs, detach(hidden))
-                loss = model.loss(output, targets)
-            optimizer.zero_grad()
-            precision.backward(loss)
-            precision.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            clip_gradients(model, args.clip)
-            # the closure gives the loss to optimizers that use it (AliG)
-            stepped = precision.step(optimizer, lambda loss=loss: loss)
-            if args.use_alrao:
-                meter.add(loss, output, targets, model.last_copy_losses, model.last_copy_outputs)
-                if stepped:  # a step the gradient scaler skipped leaves the switch as it was
-                    model.update_switch()
-            else:
-                meter.add(loss, output, targets)
-            if (i + 1) % REFRESH_EVERY == 0 or i + 1 == len(starts):
-                means = meter.means()
-                bar.set_postfix({"loss": f"{means['loss']:.4f}", "acc": f"{100 * means['acc']:.2f}%"})
-                if not math.isfinite(means["loss"]):
-                    break
-    except FloatingPointError:  # Alrao: the pre-classifier itself diverged (not only some copies)
-        means = meter.means()
-        means["loss"] = math.nan
-    finally:
-        bar.close()
-    return {**means, "diverged": not math.isfinite(means.get("loss", math.nan))}
+
+    def step(start):
+        nonlocal hidden  # carried from one segment to the next
+        inputs, targets = data.get_batch(source, start, args.bptt)
+        with precision.autocast():
+            output, hidden = model(inputs, detach(hidden))
+            loss = model.loss(output, targets)
+        optimizer.zero_grad()
+        precision.backward(loss)
+        precision.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        clip_gradients(model, args.clip)
+        # the closure gives the loss to optimizers that use it (AliG)
+        stepped = precision.step(optimizer, lambda: loss)
+        return loss, output, targets, stepped
+
+    return experiment.train_steps(model, range(0, source.size(0) - 1, args.bptt), epoch, step)
 
 
 def evaluate(model, source, bptt: int, precision=None) -> dict:
@@ -150,8 +126,7 @@ def evaluate(model, source, bptt: int, precision=None) -> dict:
                     output, hidden = model(inputs, hidden)
                     loss = F.nll_loss(output, targets)
                 meter.add(loss, output, targets)
-            if isinstance(model, alrao.AlraoModel):
-                model.check()  # the accelerator path's deferred divergence check: same score on every device
+            model.check()  # Alrao's accelerator path's deferred divergence check: same score on every device
         except FloatingPointError:  # a diverged network: no prediction to score
             return {"loss": math.nan, "acc": math.nan}
         return meter.means()

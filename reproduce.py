@@ -81,9 +81,9 @@ def build_parser() -> experiment.ArgumentParser:
         default=None,
         help="only these seeds, e.g. 0 1 (default: the profile's: 0 to its number of runs - 1)",
     )
-    what.add_argument(
-        "--epochs",
-        type=experiment.positive_int,
+    experiment.add_shared_argument(
+        what,
+        "epochs",
         default=None,
         help="maximal number of epochs of every run (default: the profile's)",
     )
@@ -103,9 +103,9 @@ def build_parser() -> experiment.ArgumentParser:
         help=f"the baselines experiment runs only these, among {', '.join(BASELINES)} "
         "(default: every one whose package is installed)",
     )
-    what.add_argument(
-        "--dry_run",
-        action="store_true",
+    experiment.add_shared_argument(
+        what,
+        "dry_run",
         help="check the whole pipeline quickly: every run with --dry_run (a few batches of at most 2 epochs), "
         "seed 0 only unless --seeds, in this process unless --launcher or --jobs; its tables mean nothing "
         "and go to <out_dir>/results",
@@ -182,9 +182,8 @@ def _check(args) -> str | None:
     args.experiments = list(dict.fromkeys(args.experiments))
     if args.jobs is not None and args.launcher != "local":
         return f"--jobs {args.jobs} is used only with --launcher local (not {args.launcher})"
-    for flag in SLURM_FLAGS:
-        if getattr(args, flag) is not None and args.launcher != "slurm":
-            return f"--{flag} {getattr(args, flag)} is used only with --launcher slurm"
+    if args.launcher != "slurm" and (message := experiment.used_only_with(args, SLURM_FLAGS, "--launcher slurm")):
+        return message
     if args.slurm_gpus is not None and args.slurm_gpus > 1 and args.gpus_per_run == 1:
         return slurm_gpus_message(args.slurm_gpus)
     if args.gpus_per_run > 1 and args.launcher == "inline":

@@ -134,7 +134,7 @@ def part_epoch(device: str, out_dir: str) -> dict:
 
     argv = ["--dataset", "fake", "--epochs", "1", "--use_alrao", "--model_name", "VGG19", "--out_dir", out_dir]
     if device == "cpu":  # the check of the check: seconds on a CPU
-        argv += ["--no-cuda", "--dry_run", "--size_multiplier", "0.125", "--batch_size", "4"]
+        argv += ["--no_cuda", "--dry_run", "--size_multiplier", "0.125", "--batch_size", "4"]
     summary = main_cnn.main(main_cnn.build_parser().parse_args(argv))
     if summary["status"] != "completed":
         raise RuntimeError(f"the run ended {summary['status']}")

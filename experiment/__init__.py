@@ -1,8 +1,9 @@
 """Plumbing shared by the experiment scripts ``main_cnn.py`` and ``main_rnn.py``.
 
 Flags, seeding, device, optimizer table, the network wrapper, metrics,
-checkpoints, early stopping and resume; nothing specific to a model or a data
-set (DESIGN.md, principle 2). Each script keeps its own training loop.
+checkpoints, early stopping and resume, the training loop's shared part
+(:func:`train_steps`); nothing specific to a model or a data set (DESIGN.md,
+principle 2). Each script keeps its own training step.
 """
 
 import importlib
@@ -14,6 +15,8 @@ from .flags import (
     Flags,
     ScriptDefaults,
     add_common_arguments,
+    add_network_arguments,
+    add_shared_argument,
     check_log10_interval,
     dry_run_line,
     given_flags,
@@ -23,6 +26,8 @@ from .flags import (
     positive_float,
     positive_int,
     probability,
+    unused_data_path,
+    used_only_with,
 )
 from .lazy import LazyModule
 from .report import format_config, format_copies, format_epoch
@@ -36,6 +41,7 @@ _LAZY = {
         "WriteError atomic_torch_save atomic_write_text dumps_json to_json write_json write_jsonl".split(), "files"
     ),
     **dict.fromkeys("Meter Progress epoch_record".split(), "meter"),
+    **dict.fromkeys("REFRESH_EVERY train_steps".split(), "training"),
     **dict.fromkeys("PlainModel build_model check_memory count_parameters".split(), "model"),
     **dict.fromkeys("OPTIMIZERS OptimizerSpec build_optimizer build_optimizer_hooks".split(), "optimizers"),
     **dict.fromkeys("Run best_record summarize".split(), "run"),
@@ -76,6 +82,10 @@ __all__ = [
     "dry_run_line",
     "given_flags",
     "add_common_arguments",
+    "add_network_arguments",
+    "add_shared_argument",
+    "unused_data_path",
+    "used_only_with",
     "positive_int",
     "nonnegative_int",
     "positive_float",
@@ -107,6 +117,8 @@ __all__ = [
     "Meter",
     "Progress",
     "epoch_record",
+    "train_steps",
+    "REFRESH_EVERY",
     "format_config",
     "format_epoch",
     "format_copies",

@@ -1,10 +1,11 @@
-"""Command-line flags shared by ``main_cnn.py`` and ``main_rnn.py`` (DESIGN.md principles 2, 7, 11).
+"""Command-line flags shared by the scripts (DESIGN.md principles 2, 7, 11).
 
-The common flags are defined once here, with the same names, types and units
-in both scripts; each script adds its own (model, task) flags to the groups
-returned by :func:`add_common_arguments`. Checks across flags run inside
-``parse_args``, so every invalid command line is an argparse error (exit
-status 2) naming the bad value.
+The flags of both training scripts (``main_cnn.py``, ``main_rnn.py``) are defined once here,
+with the same names, types and units; each script adds its own (model, task) flags to the
+groups returned by :func:`add_common_arguments`. A flag that other scripts take too
+(``lr_scan.py``, ``reproduce.py``) has its type in :data:`SHARED_FLAGS`, so that the same
+value is accepted everywhere. Checks across flags run inside ``parse_args``, so every invalid
+command line is an argparse error (exit status 2) naming the bad value.
 """
 
 import argparse
@@ -157,6 +158,80 @@ probability = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 log10_rate = _number(float, "a log10 learning rate in [-300, 300]", lambda v: -300 <= v <= 300)
 
 
+# ----------------------------------------------------- flags of several scripts
+# What a flag taken by several scripts must have the same in each: the type of its value, or its
+# action. Each script gives its own default and help (a scan's --batch_size is not a training's).
+SHARED_FLAGS = {
+    "batch_size": {"type": positive_int},
+    "seed": {"type": nonnegative_int},
+    "epochs": {"type": positive_int},
+    "minLR": {"type": log10_rate},
+    "maxLR": {"type": log10_rate},
+    "size_multiplier": {"type": positive_float},
+    "dry_run": {"action": "store_true"},
+    "no_cuda": {"action": "store_true"},
+}
+# Former spellings still accepted: --no-cuda was the one dashed flag among underscored ones.
+ALIASES = {"no_cuda": ("--no-cuda",)}
+NO_CUDA_HELP = "run on the CPU even when CUDA is available"
+
+
+def add_shared_argument(group, dest: str, **kwargs) -> None:
+    """Add ``--dest`` (a key of :data:`SHARED_FLAGS`, with its type or action there) to
+    ``group``; ``kwargs``: the script's ``default``, ``help``..."""
+    fixed = SHARED_FLAGS[dest]
+    clash = fixed.keys() & kwargs.keys()
+    if clash:
+        raise ValueError(f"{flag_name(dest)}: its {', '.join(sorted(clash))} is set once, in SHARED_FLAGS")
+    group.add_argument(flag_name(dest), *ALIASES.get(dest, ()), **fixed, **kwargs)
+
+
+def add_network_arguments(
+    parser: "ArgumentParser", group, model_names: Sequence[str], narrowest_width: dict[str, int]
+) -> None:
+    """``--model_name`` and ``--size_multiplier``: a CIFAR-10 network of the registry
+    (``main_cnn.py``, ``lr_scan.py``). ``model_names``: ``models.MODEL_NAMES``;
+    ``narrowest_width``: ``models.NARROWEST_WIDTH``, to refuse a multiplier that leaves a layer
+    less than one channel wide (both spelled out in models/ without torch)."""
+    group.add_argument("--model_name", choices=list(model_names), default="GoogLeNet", help="pre-classifier network")
+    add_shared_argument(
+        group,
+        "size_multiplier",
+        default=1.0,
+        help="width multiplier of the network (the paper's 'width x3' rows use 3)",
+    )
+    parser.add_check(lambda args: _check_size_multiplier(args, narrowest_width))
+
+
+def _check_size_multiplier(args, narrowest_width: dict[str, int]) -> str | None:
+    width = narrowest_width[args.model_name]
+    smallest = 1 / width  # models.min_size_multiplier
+    if args.size_multiplier < smallest:
+        return (
+            f"--size_multiplier {args.size_multiplier:g} is below {smallest:g}: the narrowest layer of "
+            f"{args.model_name} ({width} channels at width 1) would have less than one channel"
+        )
+    return None
+
+
+def unused_data_path(args, offline_datasets: Sequence[str]) -> str | None:
+    """The error of a ``--data_path`` typed for a data set made in memory, or ``None``."""
+    if args.dataset in offline_datasets and "data_path" in given_flags(args):
+        return f"--data_path {args.data_path} is not used by --dataset {args.dataset} (made in memory, no files)"
+    return None
+
+
+def used_only_with(args, flags: Sequence[str], needed: str) -> str | None:
+    """The error of the first of ``flags`` given a value (not ``None``) where it is not used:
+    ``"--FLAG VALUE is used only with NEEDED"``; ``None`` when none is."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None:
+            shown = f"{value:g}" if isinstance(value, (int, float)) else value
+            return f"{flag_name(flag)} {shown} is used only with {needed}"
+    return None
+
+
 # -------------------------------------------------------------- common flags
 @dataclass(frozen=True)
 class ScriptDefaults:
@@ -198,9 +273,7 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
     data.add_argument(
         "--data_path", default=defaults.data_path, help="folder of the data files (downloaded there when missing)"
     )
-    data.add_argument(
-        "--batch_size", type=positive_int, default=defaults.batch_size, help="mini-batch size for training"
-    )
+    add_shared_argument(data, "batch_size", default=defaults.batch_size, help="mini-batch size for training")
     if defaults.data_loader:
         data.add_argument(
             "--num_workers",
@@ -239,9 +312,9 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         + "; the paper uses none)",
     )
     optim.add_argument("--weight_decay", type=nonnegative_float, default=0.0, help="L2 penalty (the paper uses none)")
-    optim.add_argument(
-        "--epochs",
-        type=positive_int,
+    add_shared_argument(
+        optim,
+        "epochs",
         default=None,
         help=f"maximal number of training epochs (default: {EPOCHS}; with --dry_run {DRY_RUN_EPOCHS}, "
         f"at most {DRY_RUN_MAX_EPOCHS})",
@@ -266,15 +339,15 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         help="train with Alrao: random feature learning rates in the pre-classifier, "
         "--n_last_layers classifier copies averaged by the switch",
     )
-    alrao_group.add_argument(
-        "--minLR",
-        type=log10_rate,
+    add_shared_argument(
+        alrao_group,
+        "minLR",
         default=None,
         help=f"log10 of min_lr, the lower end of Alrao's learning-rate interval (default: {defaults.min_lr_log10:g})",
     )
-    alrao_group.add_argument(
-        "--maxLR",
-        type=log10_rate,
+    add_shared_argument(
+        alrao_group,
+        "maxLR",
         default=None,
         help=f"log10 of max_lr, the upper end of Alrao's learning-rate interval (default: {defaults.max_lr_log10:g})",
     )
@@ -293,9 +366,9 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
     )
 
     run = groups["run"]
-    run.add_argument(
-        "--seed",
-        type=nonnegative_int,
+    add_shared_argument(
+        run,
+        "seed",
         default=0,
         help="seed of every random number generator (initialisation, data order, dropout, feature learning rates)",
     )
@@ -308,14 +381,14 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
         + ", ".join(flag_name(k) for k in sorted(RESUMABLE_FLAGS - {"resume", "out_dir"}))
         + " may be given again, with new values (recorded in config.json)",
     )
-    run.add_argument(
-        "--dry_run",
-        action="store_true",
+    add_shared_argument(
+        run,
+        "dry_run",
         help=f"check a command in seconds: a few batches (of at most {DRY_RUN_MAX_BATCH_SIZE} examples) of each "
         f"split for {DRY_RUN_EPOCHS} epoch (at most {DRY_RUN_MAX_EPOCHS} with --epochs), with validation, test "
         "and checkpoints, on offline data unless --dataset; its numbers mean nothing",
     )
-    run.add_argument("--no-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    add_shared_argument(run, "no_cuda", help=NO_CUDA_HELP)
     run.add_argument(
         "--amp",
         choices=("off", "bf16", "fp16"),
@@ -332,8 +405,9 @@ def add_common_arguments(parser: ArgumentParser, defaults: ScriptDefaults) -> di
 
 
 def flag_name(dest: str) -> str:
-    """The command-line spelling of a flag's destination: ``'no_cuda'`` -> ``'--no-cuda'``."""
-    return "--no-cuda" if dest == "no_cuda" else f"--{dest}"
+    """The command-line spelling of a flag's destination: ``'no_cuda'`` -> ``'--no_cuda'`` (its
+    former spelling ``--no-cuda`` is still accepted, see :data:`ALIASES`)."""
+    return f"--{dest}"
 
 
 def dry_run_line(args: argparse.Namespace, batches: int) -> str:
@@ -372,8 +446,9 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         if isinstance(args, Flags):
             args.notes.append(f"--dry_run: --batch_size {args.batch_size} is cut to {DRY_RUN_MAX_BATCH_SIZE}")
         args.batch_size = DRY_RUN_MAX_BATCH_SIZE
-    if args.dataset in defaults.offline_datasets and "data_path" in given_flags(args):
-        return f"--data_path {args.data_path} is not used by --dataset {args.dataset} (made in memory, no files)"
+    message = unused_data_path(args, defaults.offline_datasets)
+    if message:
+        return message
     if not args.early_stopping and args.patience is not None:
         return f"--patience {args.patience} is used only with early stopping (not with --no-early_stopping)"
     if args.early_stopping and args.patience is None:
@@ -384,11 +459,9 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
     if message:
         return message
     if not args.use_alrao:
-        for flag in ("minLR", "maxLR", "n_last_layers"):
-            if getattr(args, flag) is not None:
-                return f"--{flag} {getattr(args, flag):g} is used only with --use_alrao"
-        if args.lr_granularity is not None:
-            return f"--lr_granularity {args.lr_granularity} is used only with --use_alrao"
+        message = used_only_with(args, ("minLR", "maxLR", "n_last_layers", "lr_granularity"), "--use_alrao")
+        if message:
+            return message
         if args.lr is None:
             args.lr = OPTIMIZER_CHOICES[args.optimizer].default_lr
         return None

@@ -19,3 +19,11 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+# The modules the scripts hold this way, one object each, so that every script imports the same
+# ones (``from experiment.lazy import torch``) instead of repeating their definitions.
+torch = LazyModule("torch")
+nn = LazyModule("torch.nn")
+F = LazyModule("torch.nn.functional")
+alrao = LazyModule("alrao")

@@ -61,6 +61,13 @@ class Meter:
                 self.copy_loss_sum = self.copy_loss_sum + copy_loss_sum
                 self.copy_correct = self.copy_correct + copy_correct
 
+    def add_step(self, loss: torch.Tensor, log_probs: torch.Tensor, target: torch.Tensor, model: nn.Module) -> None:
+        """Add one training batch of ``model``, with its copies' losses and outputs on it when it
+        has copies (``model.last_copy_losses`` / ``last_copy_outputs``: Alrao's; ``None`` on a
+        :class:`experiment.PlainModel`). Call it before ``model.update_switch()``, which uses up
+        the copies' losses."""
+        self.add(loss, log_probs, target, model.last_copy_losses, model.last_copy_outputs)
+
     def means(self) -> dict:
         """``{'loss', 'acc'}`` (mean loss in nats, accuracy as a fraction in [0, 1]), plus
         ``{'copy_loss', 'copy_acc'}`` lists when copies were added. NaN when empty.

@@ -17,8 +17,14 @@ class PlainModel(nn.Module):
     Same interface as :class:`alrao.AlraoModel` where the training loops need
     it: ``preclassifier``, ``classifiers`` (a list of one), ``loss(output,
     target)``; a tuple ``(x, a, b, ...)`` returned by the pre-classifier gives
-    ``(classifier(x), a, b, ...)``.
+    ``(classifier(x), a, b, ...)``. No copies to report (``last_copy_losses`` and
+    ``last_copy_outputs`` are ``None``), no switch (``update_switch`` does nothing) and no
+    deferred check (``check`` does nothing), so the same loops train and evaluate both
+    (:func:`experiment.train_steps`).
     """
+
+    last_copy_losses = None
+    last_copy_outputs = None
 
     def __init__(self, loss: Callable, preclassifier: nn.Module, classifier: nn.Module):
         super().__init__()
@@ -34,6 +40,12 @@ class PlainModel(nn.Module):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output, target)
+
+    def update_switch(self, process_group=None) -> None:
+        """Nothing: one classifier, no switch to update."""
+
+    def check(self) -> None:
+        """Nothing: no divergence check deferred (Alrao's accelerator path defers its own)."""
 
 
 # Training memory per parameter, in bytes: the float32 weight, its gradient and up to two

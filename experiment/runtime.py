@@ -35,7 +35,7 @@ def choose_device(no_cuda: bool) -> tuple[torch.device, str]:
     if not no_cuda and torch.cuda.is_available():
         device = torch.device("cuda")
         return device, f"cuda ({torch.cuda.get_device_name(device)})"
-    return torch.device("cpu"), "cpu (--no-cuda)" if no_cuda else "cpu (CUDA is not available)"
+    return torch.device("cpu"), "cpu (--no_cuda)" if no_cuda else "cpu (CUDA is not available)"
 
 
 def rng_state(device: torch.device) -> dict:

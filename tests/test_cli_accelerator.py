@@ -195,7 +195,7 @@ def cli_args(script, *argv):
     return script.build_parser().parse_args([*(CNN if script is main_cnn else RNN), *argv])
 
 
-STEPS = 2 * main_cnn.REFRESH_EVERY + 3  # two refreshes inside the epoch, one at its end
+STEPS = 2 * experiment.REFRESH_EVERY + 3  # two refreshes inside the epoch, one at its end
 cpu = torch.device("cpu")
 
 
@@ -220,7 +220,7 @@ def test_the_cnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, opt
     optim = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
     loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(STEPS)]
     with accelerator_path(monkeypatch, model), host_reads_fail(monkeypatch) as refreshes:
-        result = main_cnn.train_epoch(model, loader, optim, args.use_alrao, 1, cpu, experiment.Precision(amp, cpu))
+        result = main_cnn.train_epoch(model, loader, optim, 1, cpu, experiment.Precision(amp, cpu))
     assert refreshes == [40, 80, 92] and not result["diverged"]
 
 

@@ -233,7 +233,7 @@ def test_the_cuda_branch_of_the_device_choice(monkeypatch):
     device, text = experiment.choose_device(no_cuda=False)
     assert device == torch.device("cuda") and text == "cuda (Fake GPU)"
     device, text = experiment.choose_device(no_cuda=True)
-    assert device.type == "cpu" and "--no-cuda" in text
+    assert device.type == "cpu" and "--no_cuda" in text
 
 
 def test_compile_may_change_on_resume_amp_may_not(tmp_path, capsys):

@@ -220,7 +220,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
 
 def test_choose_device_honours_no_cuda():
     device, text = experiment.choose_device(no_cuda=True)
-    assert device.type == "cpu" and "--no-cuda" in text
+    assert device.type == "cpu" and "--no_cuda" in text
 
 
 # ---------------------------------------------------------------- model, meter
@@ -262,6 +262,47 @@ def test_meter_equals_the_direct_computation():
     assert means["copy_loss"] == pytest.approx([nn.functional.nll_loss(c, y).item() for c in all_copies])
     assert means["copy_acc"] == pytest.approx([(c.argmax(1) == y).double().mean().item() for c in all_copies])
     assert math.isnan(experiment.Meter().means()["loss"])
+
+
+@pytest.mark.parametrize("flags", [["--lr", "0.1"], ["--use_alrao"]], ids=["plain", "alrao"])
+def test_train_steps_is_one_loop_for_plain_and_alrao_models(flags):
+    """The same loop trains both models: a plain one has no copies to report and no switch."""
+    args = parse(*flags)
+    model = tiny_model(args)
+    optimizer = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(experiment.REFRESH_EVERY + 2)]
+
+    def step(batch):
+        x, y = batch
+        output = model(x)
+        loss = model.loss(output, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss, output, y, True
+
+    means = experiment.train_steps(model, batches, 1, step)
+    assert not means["diverged"] and math.isfinite(means["loss"])
+    assert ("copy_loss" in means) == args.use_alrao
+    if args.use_alrao:
+        assert int(model.switch.t) == 1 + len(batches)  # one switch update per step (t counts from 1)
+    else:
+        assert model.last_copy_losses is None and model.update_switch() is None and model.check() is None
+
+
+def test_train_steps_stops_at_the_refresh_that_sees_a_diverged_loss():
+    model = tiny_model(parse("--lr", "0.1"))
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3 * experiment.REFRESH_EVERY)]
+    taken = []
+
+    def step(batch):
+        x, y = batch
+        taken.append(batch)
+        output = model(x)
+        return torch.tensor(math.nan), output, y, True
+
+    means = experiment.train_steps(model, batches, 1, step)
+    assert means["diverged"] and len(taken) == experiment.REFRESH_EVERY
 
 
 def test_epoch_record_of_plain_and_alrao_runs():
@@ -364,7 +405,7 @@ def test_the_out_dir_of_a_run_is_never_silently_reused(tmp_path, capsys):
         start_run(tmp_path, "--resume", "--lr", "0.5", "--seed", "3", "--epochs", "7")
     assert re.search(
         r"--lr 0.5 \(run: 0.01\), --seed 3 \(run: 0\); `--resume --out_dir .*` alone continues it, and only "
-        "--compile, --data_path, --epochs, --no-cuda, --num_workers may change",
+        "--compile, --data_path, --epochs, --no_cuda, --num_workers may change",
         capsys.readouterr().err,
     )
     (tmp_path / "bad").mkdir()

@@ -367,7 +367,7 @@ class TinyPre(nn.Module):
 
     def __init__(self, size_multiplier=1):
         super().__init__()
-        self.num_features = 8 * size_multiplier
+        self.num_features = round(8 * size_multiplier)  # --size_multiplier is a float, as main_cnn.py's
         self.body = nn.Sequential(
             nn.Conv2d(3, 4, 3, stride=4),
             nn.BatchNorm2d(4),
@@ -426,6 +426,7 @@ def test_cli_is_reproducible_and_equals_the_library_scan(tmp_path, monkeypatch, 
 
     monkeypatch.setitem(models.MODELS, "Tiny", TinyPre)
     monkeypatch.setattr(models, "MODEL_NAMES", (*models.MODEL_NAMES, "Tiny"))  # the --model_name choices
+    monkeypatch.setitem(models.NARROWEST_WIDTH, "Tiny", 4)  # the --size_multiplier check
     argv = [
         "--model_name",
         "Tiny",
@@ -470,6 +471,7 @@ def test_cli_is_reproducible_and_equals_the_library_scan(tmp_path, monkeypatch, 
         (["--optimizer", "LBFGS"], "invalid choice"),
         (["--minLR", "1e-5", "--maxLR", "1"], "(--minLR -5 means 1e-5, --maxLR 1 means 10)"),
         (["--dataset", "fake", "--data_path", "/data"], "--data_path /data is not used by --dataset fake"),
+        (["--model_name", "VGG19", "--size_multiplier", "0.01"], "--size_multiplier 0.01 is below 0.015625"),
     ],
 )
 def test_cli_bad_flags_are_argparse_errors(argv, match, capsys):
@@ -479,6 +481,19 @@ def test_cli_bad_flags_are_argparse_errors(argv, match, capsys):
         cli.build_parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_cli_flags_agree_with_main_cnn():
+    """The flags lr_scan.py shares with main_cnn.py take the same values (one definition)."""
+    import lr_scan as cli
+    import main_cnn
+
+    argv = ["--size_multiplier", "0.25", "--batch_size", "4", "--seed", "2", "--minLR", "-3", "--maxLR", "0"]
+    scan = cli.build_parser().parse_args([*argv, "--no_cuda"])
+    train = main_cnn.build_parser().parse_args([*argv, "--use_alrao", "--no-cuda"])  # the former spelling
+    for flag in ("size_multiplier", "batch_size", "seed", "minLR", "maxLR", "model_name", "no_cuda"):
+        assert getattr(scan, flag) == getattr(train, flag), flag
+    assert scan.size_multiplier == 0.25 and scan.no_cuda and train.no_cuda
 
 
 def test_cli_learning_rate_grid():
