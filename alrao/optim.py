@@ -149,6 +149,14 @@ class _FeatureLROptimizer(Optimizer):
             lrs.append(float(self.state[p]["feature_lr"]) * group["lr"])
         return lrs
 
+    def _groups_to_step(self):
+        """Each parameter group that has gradients: ``(group, its parameters with a gradient,
+        the feature rates of their updates)``."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                yield group, params, self._update_rates(params, group["foreach"])
+
     def _update_rates(self, params: list[torch.Tensor], foreach: bool) -> list[torch.Tensor]:
         """The feature rates that multiply the updates of ``params``.
 
@@ -184,6 +192,14 @@ class _FeatureLROptimizer(Optimizer):
         for i, p in enumerate(params):
             buckets[(p.device, p.dtype)].append(i)
         return buckets
+
+
+def _closure_loss(closure):
+    """``closure()`` with gradients enabled (it re-evaluates the model), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _check_given_rates(given: dict, params: list[torch.Tensor]) -> None:
@@ -266,16 +282,9 @@ class AlraoSGD(_FeatureLROptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns ``closure()`` if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = _closure_loss(closure)
+        for group, params, lrs in self._groups_to_step():
             grads = [p.grad for p in params]
-            lrs = self._update_rates(params, group["foreach"])
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             kwargs = dict(
                 lr=group["lr"],
@@ -369,15 +378,8 @@ class AlraoAdam(_FeatureLROptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One Adam update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            rates = self._update_rates(params, group["foreach"])
+        loss = _closure_loss(closure)
+        for group, params, rates in self._groups_to_step():
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
