@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .optimizers import LR_OF_BASELINES, OPTIMIZERS, check_optimizer_flags
+
 GROUPS = ("data", "model", "optimisation", "Alrao", "run")
 PATIENCE = 20  # the paper's early stopping: 20 epochs without a better validation loss
 EPOCHS = 50
@@ -46,26 +48,10 @@ class OptimizerChoice:
     has_alrao: bool
 
 
-# experiment.optimizers.OPTIMIZERS as --optimizer, --lr and --momentum show it, spelled out so that
-# --help needs no torch (tests/test_help.py keeps them equal)
+# The registry as --optimizer, --lr and --momentum show it (read without torch: --help needs none)
 OPTIMIZER_CHOICES = {
-    "SGD": OptimizerChoice(0.01, frozenset({"momentum", "weight_decay"}), True),
-    "Adam": OptimizerChoice(1e-3, frozenset({"weight_decay"}), True),
-    "AliG": OptimizerChoice(0.1, frozenset({"momentum"}), False),
-    "Prodigy": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "DAdaptSGD": OptimizerChoice(1.0, frozenset({"momentum", "weight_decay"}), False),
-    "DAdaptAdam": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "DoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "LDoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "SGDScheduleFree": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "AdamWScheduleFree": OptimizerChoice(0.0025, frozenset({"weight_decay"}), False),
+    name: OptimizerChoice(spec.default_lr, spec.flags, spec.alrao is not None) for name, spec in OPTIMIZERS.items()
 }
-# What --lr means for the tuning-free baselines (experiment/baselines.py)
-LR_OF_BASELINES = (
-    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
-    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
-    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
-)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -378,8 +364,6 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         return f"--patience {args.patience} is used only with early stopping (not with --no-early_stopping)"
     if args.early_stopping and args.patience is None:
         args.patience = PATIENCE
-    from .optimizers import check_optimizer_flags  # imports torch: not before the flags are checked
-
     message = check_optimizer_flags(args)
     if message:
         return message

@@ -10,7 +10,9 @@ import platform
 import random
 import re
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from torch import nn
 import alrao
 import experiment
 from experiment import run_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_parser():
@@ -192,6 +196,41 @@ def test_every_optimizer_of_the_table_builds_plain_and_alrao():
         if spec.alrao is not None:
             args = parse("--optimizer", name, "--use_alrao")
             assert len(experiment.build_optimizer(tiny_model(args), args).classifier_lrs()) == 4
+
+
+def test_the_registry_is_the_one_list_of_optimizers():
+    """--optimizer, reproduce.py's baselines and the one-process rule of the distributed runs all
+    read experiment.optimizers.OPTIMIZERS; reading it loads no torch (--help reads it)."""
+    from experiment import distributed, optimizers
+    from experiment.flags import OPTIMIZER_CHOICES
+    from reproduce_lib.experiments import BASELINES
+
+    assert (
+        list(OPTIMIZER_CHOICES)
+        == list(experiment.OPTIMIZERS)
+        == make_parser()._option_string_actions["--optimizer"].choices
+    )
+    assert BASELINES == tuple(name for name, spec in experiment.OPTIMIZERS.items() if spec.alrao is None)
+    assert distributed.LOCAL_LOSS_OPTIMIZERS == {"AliG"}
+    assert experiment.MissingPackage is optimizers.MissingPackage is experiment.baselines.MissingPackage
+    code = "import sys, experiment.optimizers; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_optimizer_hooks_name_the_network_they_return():
+    """``evaluation_network()`` is what the loops and the run call; ``eval()``, its former name,
+    still answers the same network (a subclass overrides the new name only)."""
+    model = nn.Linear(2, 2)
+    hooks = experiment.OptimizerHooks(model)
+    assert hooks.evaluation_network() is model and hooks.eval() is model
+    assert (hooks.record(), hooks.state_dict()) == ({}, {})
+
+    class Averaged(experiment.OptimizerHooks):
+        def evaluation_network(self):
+            return averaged
+
+    averaged = nn.Linear(2, 2)
+    assert Averaged(model).eval() is averaged
 
 
 # --------------------------------------------------------------------- runtime
