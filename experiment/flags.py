@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .optimizers import LR_OF_BASELINES, OPTIMIZERS, check_optimizer_flags
+from .run_folder import RESUMABLE_FLAGS  # the run folder's contract: what a --resume may change
 
 GROUPS = ("data", "model", "optimisation", "Alrao", "run")
 PATIENCE = 20  # the paper's early stopping: 20 epochs without a better validation loss
@@ -27,10 +28,6 @@ DRY_RUN_MAX_EPOCHS = 2
 # ... and on batches of at most DRY_RUN_MAX_BATCH_SIZE (a GoogLeNet step on 32 images takes
 # 10-15 s on a shared CPU core): it checks the code path, not the memory of a full batch.
 DRY_RUN_MAX_BATCH_SIZE = 8
-# Flags a resumed run may change: they do not change what is computed, only where, how fast,
-# or for how many epochs. `--resume --out_dir DIR` alone takes every other flag from the run's
-# config.json; a change to one of these is recorded there (its "resumes" list).
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
 # Alrao's interval ends are log10 of learning rates: a value that can only be a rate typed as
 # such (0 < x < 1, e.g. 1e-5) or a rate above 10**MAX_LR_LOG10 is refused (see _check_log10).
 MAX_LR_LOG10 = 3

@@ -1,5 +1,6 @@
 """Tests of the plumbing shared by the experiment scripts (package ``experiment``)."""
 
+import ast
 import importlib.util
 import io
 import json
@@ -469,6 +470,29 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
 def test_the_scripts_can_keep_freed_memory_on_linux():
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert experiment.keep_freed_memory() is on_glibc
+
+
+RUN_FOLDER_READERS = ("reproduce.py", "reproduce_lib", "tools", "benchmarks")
+
+
+def test_what_reads_run_folders_takes_their_format_from_run_folder():
+    """reproduce.py, reproduce_lib/, tools/ and benchmarks/ import no run-folder name from
+    experiment.run (its internals) and spell no run file name out: experiment.run_folder is the
+    contract (run_folder.py's docstring documents it)."""
+    names = {*run_folder.RUN_FILES, run_folder.LOCK}
+    paths = [ROOT / "reproduce.py", *(p for d in RUN_FOLDER_READERS[1:] for p in sorted((ROOT / d).glob("*.py")))]
+    problems = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("experiment.run", "experiment.distributed"):
+                problems.append(f"{path.name}:{node.lineno} imports from {node.module}")
+            if isinstance(node, ast.Constant) and node.value in names:
+                problems.append(f"{path.name}:{node.lineno} spells {node.value!r} out")
+    assert problems == []
+    statuses = (run_folder.RUNNING, run_folder.COMPLETED, run_folder.EARLY_STOPPED, run_folder.DIVERGED)
+    flags = [experiment.flags.flag_name(k) for k in sorted(run_folder.RESUMABLE_FLAGS)]
+    for name in (*names, *statuses, run_folder.INTERRUPTED, *flags):
+        assert name in run_folder.__doc__, name
 
 
 # ------------------------------------------------------------- resume and misuse (issues 14.8, 15.2, 15.4)
