@@ -15,7 +15,8 @@ To add an optimizer:
 3. Add one :class:`OptimizerSpec` to :data:`OPTIMIZERS` below, naming them with
    :func:`baseline` (which imports :mod:`experiment.baselines` only when the run builds it).
    If it is a tuning-free baseline, say in :data:`LR_OF_BASELINES` what ``--lr`` means for it;
-   add its package to the ``baselines`` extra of pyproject.toml.
+   add its package to the ``baselines`` extra of pyproject.toml. If its step reads the batch
+   loss itself, set ``steps_by_the_loss`` (it then runs in one process only).
 
 Nothing else lists the optimizers: ``--optimizer`` and ``reproduce.py --baselines`` take their
 choices from here, and the tests run every entry. The training loops call
