@@ -155,7 +155,7 @@ def main(args) -> dict:
             ranks.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere, as saved
             splits = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
-                evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
+                evaluated = hooks.evaluation_network()  # the model, or DoG's / Schedule-Free's evaluation weights
                 splits.update(
                     valid=evaluate(evaluated, valid_loader, device, precision),
                     test=evaluate(evaluated, test_loader, device, precision),

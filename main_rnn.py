@@ -202,7 +202,7 @@ def main(args) -> dict:
             train = train_epoch(net, train_data, optimizer, args, epoch, precision)
             results = {"train": train, "valid": None, "test": None}  # None: not evaluated
             if not train["diverged"]:
-                evaluated = hooks.eval()  # the model, or the optimizer's evaluation weights (DoG, Schedule-Free)
+                evaluated = hooks.evaluation_network()  # the model, or DoG's / Schedule-Free's evaluation weights
                 results.update(
                     valid=evaluate(evaluated, valid_data, args.bptt, precision),
                     test=evaluate(evaluated, test_data, args.bptt, precision),

@@ -131,14 +131,15 @@ def part_sync(device: str, steps: int) -> dict:
 def part_epoch(device: str, out_dir: str) -> dict:
     """A 1-epoch Alrao ``main_cnn.py`` run on fake data; its summary's wall time."""
     import main_cnn
+    from experiment.run_folder import COMPLETED, CONFIG
 
     argv = ["--dataset", "fake", "--epochs", "1", "--use_alrao", "--model_name", "VGG19", "--out_dir", out_dir]
     if device == "cpu":  # the check of the check: seconds on a CPU
         argv += ["--no_cuda", "--dry_run", "--size_multiplier", "0.125", "--batch_size", "4"]
     summary = main_cnn.main(main_cnn.build_parser().parse_args(argv))
-    if summary["status"] != "completed":
+    if summary["status"] != COMPLETED:
         raise RuntimeError(f"the run ended {summary['status']}")
-    config = json.loads((Path(out_dir) / "config.json").read_text())
+    config = json.loads((Path(out_dir) / CONFIG).read_text())
     return {"epoch_s": summary["wall_time_s"], "device": config["device"], "valid_loss": summary["valid_loss"]}
 
 

@@ -30,12 +30,13 @@ from .flags import (
     used_only_with,
 )
 from .lazy import LazyModule
+from .optimizer_hooks import OptimizerHooks
+from .optimizers import OPTIMIZERS, MissingPackage, OptimizerSpec, build_optimizer, build_optimizer_hooks
 from .report import format_config, format_copies, format_epoch
 
 # The names below need torch: they are imported on first use (PEP 562), so that a script's
 # parser, hence its --help, is built without torch (tests/test_help.py).
 _LAZY = {
-    **dict.fromkeys("MissingPackage OptimizerHooks".split(), "baselines"),
     **dict.fromkeys(["Ranks"], "distributed"),
     **dict.fromkeys(
         "WriteError atomic_torch_save atomic_write_text dumps_json to_json write_json write_jsonl".split(), "files"
@@ -43,7 +44,6 @@ _LAZY = {
     **dict.fromkeys("Meter Progress epoch_record".split(), "meter"),
     **dict.fromkeys("REFRESH_EVERY train_steps".split(), "training"),
     **dict.fromkeys("PlainModel build_model check_memory count_parameters".split(), "model"),
-    **dict.fromkeys("OPTIMIZERS OptimizerSpec build_optimizer build_optimizer_hooks".split(), "optimizers"),
     **dict.fromkeys("Run best_record summarize".split(), "run"),
     **dict.fromkeys("BEST CHECKPOINT CONFIG METRICS SUMMARY UsageError exit_with_error".split(), "run_folder"),
     **dict.fromkeys(

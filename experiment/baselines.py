@@ -1,6 +1,9 @@
-"""Tuning-free baselines for the runner: AliG, Prodigy, D-Adaptation, DoG and Schedule-Free.
+"""The adapters of the tuning-free baselines: AliG, Prodigy, D-Adaptation, DoG and Schedule-Free.
 
-Each is built as its authors document it (their README and docstrings, for
+Each adapter is a thin builder ``build(model, lr, args) -> Optimizer`` around its package and,
+where the loops must do something around its steps, an :class:`OptimizerHooks` subclass; the
+registry :data:`experiment.optimizers.OPTIMIZERS` names them (its docstring says how to add an
+optimizer). Each is built as its authors document it (their README and docstrings, for
 the package versions of the ``baselines`` extra: prodigyopt 1.1.2,
 dadaptation 3.2, dog-optimizer 1.0.3, schedulefree 1.4.1), so the comparison
 with Alrao is fair:
@@ -28,37 +31,22 @@ with Alrao is fair:
   at the evaluation point ``x`` on training batches before evaluating, as
   their README's caveat recommends, when the script gives those batches.
 
-What the loops call around the steps is an :class:`OptimizerHooks` object;
-ordinary optimizers get the no-op one.
+What the loops call around the steps is an :class:`OptimizerHooks` object
+(:mod:`experiment.optimizer_hooks`); ordinary optimizers get the no-op one.
 """
 
-import importlib
 import itertools
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-import alrao
+from alrao.tools import AliG
 
-PIP_EXTRA = "pip install 'alrao[baselines]'"
+from .optimizer_hooks import OptimizerHooks
+from .optimizers import PIP_EXTRA, MissingPackage, import_baseline  # noqa: F401 (their former home)
+
 CALIBRATION_BATCHES = 50  # the Schedule-Free README's number of training batches for the BatchNorm statistics
-
-
-class MissingPackage(ImportError):
-    """An optional baseline's package is not installed."""
-
-
-def import_baseline(module: str, package: str, optimizer: str):
-    """The module ``module`` of the pip package ``package``; a one-line :class:`MissingPackage`
-    naming the pip command when it is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingPackage(
-            f"--optimizer {optimizer} needs the package {package}: pip install {package} "
-            f"(or all the baselines: {PIP_EXTRA})"
-        ) from None
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -66,44 +54,13 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------- hooks
-class OptimizerHooks:
-    """What the training loops and :class:`experiment.Run` call around an optimizer's steps.
-
-    The loops call :meth:`train` before the training steps of an epoch and
-    evaluate the network returned by :meth:`eval`; the run calls :meth:`eval`
-    before saving a checkpoint, saves that network as ``best.pt``, stores
-    :meth:`state_dict` in the checkpoint and adds :meth:`record` to each
-    epoch's record. This base class does nothing: the network is ``model``.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def train(self) -> None:
-        """Before the training steps of an epoch."""
-
-    def eval(self) -> nn.Module:
-        """Before evaluating and before saving a checkpoint: the network to evaluate and to save as best."""
-        return self.model
-
-    def record(self) -> dict:
-        """Fields added to the epoch's record (e.g. the adapted step size)."""
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 class ScheduleFreeHooks(OptimizerHooks):
     """Schedule-Free: the parameters hold the gradient point ``y`` in train mode and the
     evaluation point ``x`` in eval mode (the optimizer switches them in place).
 
     ``calibration_batches()``, if given, yields model inputs from the training
-    set; with batch normalisation, :meth:`eval` runs the network in train mode
-    on the first :data:`CALIBRATION_BATCHES` of them so that the running
+    set; with batch normalisation, :meth:`evaluation_network` runs the network in
+    train mode on the first :data:`CALIBRATION_BATCHES` of them so that the running
     statistics are those of ``x``, not of ``y`` (the authors' README caveat).
     """
 
@@ -113,15 +70,14 @@ class ScheduleFreeHooks(OptimizerHooks):
         optimizer: torch.optim.Optimizer,
         calibration_batches: Callable[[], Iterable] | None = None,
     ):
-        super().__init__(model)
-        self.optimizer = optimizer
-        self.calibration_batches = calibration_batches if has_batch_norm(model) else None
+        super().__init__(model, optimizer, calibration_batches if has_batch_norm(model) else None)
 
     def train(self) -> None:
         self.optimizer.train()
 
-    def eval(self) -> nn.Module:
-        if self.optimizer.param_groups[0]["train_mode"]:  # once per switch: eval() is also called before saving
+    def evaluation_network(self) -> nn.Module:
+        # once per switch: it is also called before saving, and a second switch would move x again
+        if self.optimizer.param_groups[0]["train_mode"]:
             self.optimizer.eval()
             if self.calibration_batches is not None:
                 self._recompute_batch_norm_statistics()
@@ -143,14 +99,18 @@ class AveragedHooks(OptimizerHooks):
     averager's state (its step count and averaged weights) is checkpointed.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        super().__init__(model)
-        self.optimizer = optimizer
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        calibration_batches: Callable[[], Iterable] | None = None,
+    ):
+        super().__init__(model, optimizer, calibration_batches)
         package = import_baseline("dog", "dog-optimizer", type(optimizer).__name__)
         self.averager = package.PolynomialDecayAverager(model)  # gamma 8, the authors' default
         optimizer.register_step_post_hook(lambda *_: self.averager.step())
 
-    def eval(self) -> nn.Module:
+    def evaluation_network(self) -> nn.Module:
         return self.averager.averaged_model
 
     def record(self) -> dict:
@@ -167,10 +127,6 @@ class AveragedHooks(OptimizerHooks):
 class AdaptedRateHooks(OptimizerHooks):
     """Prodigy / D-Adaptation: log the step size ``d * lr`` that the method estimated."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        super().__init__(model)
-        self.optimizer = optimizer
-
     def record(self) -> dict:
         group = self.optimizer.param_groups[0]
         return {"adapted_lr": float(group["d"]) * group["lr"]}
@@ -178,10 +134,6 @@ class AdaptedRateHooks(OptimizerHooks):
 
 class AliGHooks(OptimizerHooks):
     """AliG: log the last Polyak step size (at most ``max_lr``)."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        super().__init__(model)
-        self.optimizer = optimizer
 
     def record(self) -> dict:
         step_size = self.optimizer.param_groups[0]["step_size"]
@@ -191,7 +143,7 @@ class AliGHooks(OptimizerHooks):
 # ------------------------------------------------------------------ builders
 # Each is ``build(model, lr, args) -> Optimizer``, as OptimizerSpec.plain.
 def alig(model, lr, args):
-    return alrao.tools.AliG(model.parameters(), max_lr=lr, momentum=args.momentum)
+    return AliG(model.parameters(), max_lr=lr, momentum=args.momentum)
 
 
 def prodigy(model, lr, args):

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .optimizers import OPTIMIZERS
 from .run import Run
 from .run_folder import Terminated, UsageError, sigterm_as_interrupt
 from .runtime import choose_device
@@ -42,7 +43,7 @@ from .runtime import choose_device
 _pending = {signal.SIGINT: 0, signal.SIGTERM: 0}
 # Optimizers whose step reads the loss itself (each rank's own shard's), not only the averaged
 # gradients: their ranks would part.
-LOCAL_LOSS_OPTIMIZERS = frozenset({"AliG"})
+LOCAL_LOSS_OPTIMIZERS = frozenset(name for name, spec in OPTIMIZERS.items() if spec.steps_by_the_loss)
 _RESEED = 3  # stream of derive_seed for the per-epoch generators (data/loaders.py uses 0..2)
 
 

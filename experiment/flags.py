@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .optimizers import LR_OF_BASELINES, OPTIMIZERS, check_optimizer_flags
+from .run_folder import RESUMABLE_FLAGS  # the run folder's contract: what a --resume may change
+
 GROUPS = ("data", "model", "optimisation", "Alrao", "run")
 PATIENCE = 20  # the paper's early stopping: 20 epochs without a better validation loss
 EPOCHS = 50
@@ -26,10 +29,6 @@ DRY_RUN_MAX_EPOCHS = 2
 # ... and on batches of at most DRY_RUN_MAX_BATCH_SIZE (a GoogLeNet step on 32 images takes
 # 10-15 s on a shared CPU core): it checks the code path, not the memory of a full batch.
 DRY_RUN_MAX_BATCH_SIZE = 8
-# Flags a resumed run may change: they do not change what is computed, only where, how fast,
-# or for how many epochs. `--resume --out_dir DIR` alone takes every other flag from the run's
-# config.json; a change to one of these is recorded there (its "resumes" list).
-RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
 # Alrao's interval ends are log10 of learning rates: a value that can only be a rate typed as
 # such (0 < x < 1, e.g. 1e-5) or a rate above 10**MAX_LR_LOG10 is refused (see _check_log10).
 MAX_LR_LOG10 = 3
@@ -47,26 +46,10 @@ class OptimizerChoice:
     has_alrao: bool
 
 
-# experiment.optimizers.OPTIMIZERS as --optimizer, --lr and --momentum show it, spelled out so that
-# --help needs no torch (tests/test_help.py keeps them equal)
+# The registry as --optimizer, --lr and --momentum show it (read without torch: --help needs none)
 OPTIMIZER_CHOICES = {
-    "SGD": OptimizerChoice(0.01, frozenset({"momentum", "weight_decay"}), True),
-    "Adam": OptimizerChoice(1e-3, frozenset({"weight_decay"}), True),
-    "AliG": OptimizerChoice(0.1, frozenset({"momentum"}), False),
-    "Prodigy": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "DAdaptSGD": OptimizerChoice(1.0, frozenset({"momentum", "weight_decay"}), False),
-    "DAdaptAdam": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "DoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "LDoG": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "SGDScheduleFree": OptimizerChoice(1.0, frozenset({"weight_decay"}), False),
-    "AdamWScheduleFree": OptimizerChoice(0.0025, frozenset({"weight_decay"}), False),
+    name: OptimizerChoice(spec.default_lr, spec.flags, spec.alrao is not None) for name, spec in OPTIMIZERS.items()
 }
-# What --lr means for the tuning-free baselines (experiment/baselines.py)
-LR_OF_BASELINES = (
-    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
-    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
-    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
-)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -453,8 +436,6 @@ def _resolve_common(args: argparse.Namespace, defaults: ScriptDefaults) -> str |
         return f"--patience {args.patience} is used only with early stopping (not with --no-early_stopping)"
     if args.early_stopping and args.patience is None:
         args.patience = PATIENCE
-    from .optimizers import check_optimizer_flags  # imports torch: not before the flags are checked
-
     message = check_optimizer_flags(args)
     if message:
         return message

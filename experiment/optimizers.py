@@ -1,23 +1,61 @@
-"""The optimizers a run can use: one table, read by ``--optimizer`` and by :func:`build_optimizer`.
+"""The optimizers a run can use: one registry, :data:`OPTIMIZERS`, read by ``--optimizer`` (its
+choices, ``--lr``'s defaults, which flags each one takes), by :func:`build_optimizer`, by
+:func:`build_optimizer_hooks` and by ``reproduce.py``'s baselines experiment.
 
-A new baseline is one more :class:`OptimizerSpec` in :data:`OPTIMIZERS`. The
-training loops call ``optimizer.step(closure)`` with a closure returning the
-batch loss (the torch protocol; optimizers such as AliG need the loss value),
-and the optimizer's hooks (:func:`build_optimizer_hooks`) around training,
-evaluation and checkpoints. The tuning-free baselines and their hooks are in
-:mod:`experiment.baselines`; their packages are optional (the ``baselines`` extra).
+To add an optimizer:
+
+1. Write its builder, ``build(model, lr, args) -> torch.optim.Optimizer`` over
+   ``model.parameters()`` (``lr`` is ``--lr``): for a third-party package, a thin adapter in
+   :mod:`experiment.baselines` that imports the package with :func:`import_baseline` (so that a
+   missing package is a one-line error naming its pip command) and follows its authors'
+   documented settings.
+2. If the loops must do something around its steps (switch a mode, evaluate averaged weights,
+   checkpoint extra state, log its step size), subclass :class:`experiment.OptimizerHooks`
+   beside the builder.
+3. Add one :class:`OptimizerSpec` to :data:`OPTIMIZERS` below, naming them with
+   :func:`baseline` (which imports :mod:`experiment.baselines` only when the run builds it).
+   If it is a tuning-free baseline, say in :data:`LR_OF_BASELINES` what ``--lr`` means for it;
+   add its package to the ``baselines`` extra of pyproject.toml. If its step reads the batch
+   loss itself, set ``steps_by_the_loss`` (it then runs in one process only).
+
+Nothing else lists the optimizers: ``--optimizer`` and ``reproduce.py --baselines`` take their
+choices from here, and the tests run every entry. The training loops call
+``optimizer.step(closure)`` with a closure returning the batch loss (the torch protocol;
+optimizers such as AliG need the loss value).
+
+Importing this module needs no torch (``--help`` reads the table): the builders import it
+when a run calls them.
 """
 
+from __future__ import annotations  # the annotations name torch types without importing torch
+
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import torch
-from torch import nn
+from .lazy import LazyModule
+from .optimizer_hooks import OptimizerHooks
 
-import alrao
+torch = LazyModule("torch")
+alrao = LazyModule("alrao")
 
-from . import baselines
-from .baselines import OptimizerHooks
+PIP_EXTRA = "pip install 'alrao[baselines]'"
+
+
+class MissingPackage(ImportError):
+    """An optional baseline's package is not installed."""
+
+
+def import_baseline(module: str, package: str, optimizer: str):
+    """The module ``module`` of the pip package ``package``; a one-line :class:`MissingPackage`
+    naming the pip command when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackage(
+            f"--optimizer {optimizer} needs the package {package}: pip install {package} "
+            f"(or all the baselines: {PIP_EXTRA})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -34,20 +72,44 @@ class OptimizerSpec:
             for each baseline).
         alrao: ``alrao(model, min_lr, max_lr, args, generator) -> Optimizer``
             (``min_lr``/``max_lr`` are learning rates, not their log10), or
-            ``None`` if the optimizer has no Alrao version.
+            ``None`` if the optimizer has no Alrao version. The optimizers with one
+            are the paper's; the others are the tuning-free baselines.
         hooks: ``hooks(model, optimizer, calibration_batches) -> OptimizerHooks``,
             what the loops call around training, evaluation and checkpoints
-            (default: nothing to do).
+            (default: :class:`OptimizerHooks`, nothing to do).
         package: ``(module, pip package)`` of an optional dependency, checked
             when the flags are parsed; ``None`` for none.
+        steps_by_the_loss: its step reads the mini-batch loss itself, not only the
+            gradients: with several processes the ranks' losses differ and so would
+            their steps, so it runs in one process only (:mod:`experiment.distributed`).
     """
 
     default_lr: float
     flags: frozenset[str]
     plain: Callable[..., torch.optim.Optimizer]
-    alrao: Callable[..., torch.optim.Optimizer] | None
-    hooks: Callable[..., OptimizerHooks] = lambda model, optimizer, calibration_batches: OptimizerHooks(model)
+    alrao: Callable[..., torch.optim.Optimizer] | None = None
+    hooks: Callable[..., OptimizerHooks] = OptimizerHooks
     package: tuple[str, str] | None = None
+    steps_by_the_loss: bool = False
+
+
+def baseline(name: str) -> Callable:
+    """The builder or hooks class ``name`` of :mod:`experiment.baselines`, imported when first
+    called: that module needs torch, and the table is read without it (``--help``)."""
+
+    def call(*args, **kwargs):
+        from . import baselines
+
+        return getattr(baselines, name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = f"baselines.{name}"
+    return call
+
+
+def _granularity(args) -> str:
+    """``--lr_granularity`` (``'feature'``, the paper's Alrao, when the namespace has none)."""
+    return getattr(args, "lr_granularity", None) or "feature"
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -84,69 +146,72 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "AliG": OptimizerSpec(
         default_lr=0.1,  # the max_lr of the AliG paper's CIFAR experiments
         flags=frozenset({"momentum"}),
-        plain=baselines.alig,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AliGHooks(model, optimizer),
+        plain=baseline("alig"),
+        hooks=baseline("AliGHooks"),
+        steps_by_the_loss=True,  # its Polyak step size is the batch loss over the gradient's squared norm
     ),
     # Prodigy, D-Adaptation, DoG: --lr multiplies the adapted step size; the authors ask for 1.
     "Prodigy": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.prodigy,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
+        plain=baseline("prodigy"),
+        hooks=baseline("AdaptedRateHooks"),
         package=("prodigyopt", "prodigyopt"),
     ),
     "DAdaptSGD": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"momentum", "weight_decay"}),
-        plain=baselines.dadapt_sgd,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
+        plain=baseline("dadapt_sgd"),
+        hooks=baseline("AdaptedRateHooks"),
         package=("dadaptation", "dadaptation"),
     ),
     "DAdaptAdam": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.dadapt_adam,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AdaptedRateHooks(model, optimizer),
+        plain=baseline("dadapt_adam"),
+        hooks=baseline("AdaptedRateHooks"),
         package=("dadaptation", "dadaptation"),
     ),
     "DoG": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.dog,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AveragedHooks(model, optimizer),
+        plain=baseline("dog"),
+        hooks=baseline("AveragedHooks"),
         package=("dog", "dog-optimizer"),
     ),
     "LDoG": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.ldog,
-        alrao=None,
-        hooks=lambda model, optimizer, calibration_batches: baselines.AveragedHooks(model, optimizer),
+        plain=baseline("ldog"),
+        hooks=baseline("AveragedHooks"),
         package=("dog", "dog-optimizer"),
     ),
     # Schedule-Free: --lr is the learning rate (the authors' defaults); their momentum 0.9 / betas.
     "SGDScheduleFree": OptimizerSpec(
         default_lr=1.0,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.sgd_schedule_free,
-        alrao=None,
-        hooks=baselines.ScheduleFreeHooks,
+        plain=baseline("sgd_schedule_free"),
+        hooks=baseline("ScheduleFreeHooks"),
         package=("schedulefree", "schedulefree"),
     ),
     "AdamWScheduleFree": OptimizerSpec(
         default_lr=0.0025,
         flags=frozenset({"weight_decay"}),
-        plain=baselines.adamw_schedule_free,
-        alrao=None,
-        hooks=baselines.ScheduleFreeHooks,
+        plain=baseline("adamw_schedule_free"),
+        hooks=baseline("ScheduleFreeHooks"),
         package=("schedulefree", "schedulefree"),
     ),
 }
+
+#: The tuning-free baselines of the table (those without an Alrao version), in its order.
+BASELINES = tuple(name for name, spec in OPTIMIZERS.items() if spec.alrao is None)
+
+# What --lr means for the tuning-free baselines (--help; a test checks that it names every one)
+LR_OF_BASELINES = (
+    "for a tuning-free baseline, its own lr argument: max_lr (the largest step size) for AliG, "
+    "a multiplier of the adapted step size for Prodigy, DAdaptSGD, DAdaptAdam, DoG and LDoG "
+    "(their authors ask for 1), the learning rate for SGDScheduleFree and AdamWScheduleFree"
+)
 
 # Flags of the optimisation group that only some optimizers use, with the
 # value meaning "not used" (the flag's default).
@@ -158,8 +223,8 @@ def check_optimizer_flags(args) -> str | None:
     spec = OPTIMIZERS[args.optimizer]
     if spec.package is not None:
         try:
-            baselines.import_baseline(*spec.package, args.optimizer)
-        except baselines.MissingPackage as error:
+            import_baseline(*spec.package, args.optimizer)
+        except MissingPackage as error:
             return str(error)
     for flag, unused in OPTIONAL_FLAGS.items():
         if getattr(args, flag) != unused and flag not in spec.flags:
@@ -173,12 +238,7 @@ def check_optimizer_flags(args) -> str | None:
     return None
 
 
-def _granularity(args) -> str:
-    """``--lr_granularity`` (``'feature'``, the paper's Alrao, when the namespace has none)."""
-    return getattr(args, "lr_granularity", None) or "feature"
-
-
-def build_optimizer(model: nn.Module, args, generator: torch.Generator | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, args, generator: torch.Generator | None = None) -> torch.optim.Optimizer:
     """The optimizer of a run.
 
     With ``args.use_alrao``: the Alrao version over ``model`` (an
@@ -193,7 +253,10 @@ def build_optimizer(model: nn.Module, args, generator: torch.Generator | None = 
 
 
 def build_optimizer_hooks(
-    model: nn.Module, optimizer: torch.optim.Optimizer, args, calibration_batches: Callable[[], Iterable] | None = None
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    args,
+    calibration_batches: Callable[[], Iterable] | None = None,
 ) -> OptimizerHooks:
     """The hooks of ``optimizer`` (built by :func:`build_optimizer` from ``args``), which the
     training loop and :class:`experiment.Run` call around training, evaluation and checkpoints.

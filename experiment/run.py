@@ -17,7 +17,7 @@ A script uses it as::
     run.start(model, optimizer, hooks, n_outputs=n_classes, **facts)  # fresh, or the resumed state
     with run:                                      # Ctrl-C: keep the checkpoint, say how to resume
         for epoch in run.epochs():
-            hooks.train(); ...train...; evaluated = hooks.eval(); ...evaluate `evaluated`...
+            hooks.train(); ...train...; evaluated = hooks.evaluation_network(); ...evaluate `evaluated`...
             run.end_epoch(record)                  # log, checkpoint, early stopping, divergence
     summary = run.finish()
 """
@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from .baselines import OptimizerHooks
 from .early_stopping import EarlyStopping
 from .files import (
     ChecksumError,
@@ -43,6 +42,7 @@ from .files import (
     write_json,
     write_jsonl,
 )
+from .optimizer_hooks import OptimizerHooks
 from .provenance import git_commit
 from .report import format_copies, format_epoch, format_number
 from .run_folder import (
@@ -266,7 +266,7 @@ class Run:
         loads the model, optimizer (feature rates included), history,
         early-stopping state and random generators of the last checkpoint.
         ``hooks`` (default: none) give the network saved as ``best.pt``, the
-        optimizer's mode before a checkpoint (``hooks.eval()``), extra state
+        optimizer's mode before a checkpoint (``hooks.evaluation_network()``), extra state
         and extra fields of the epoch records (see :class:`OptimizerHooks`).
         ``n_outputs``: the number of classes (or the vocabulary size) of the
         prediction, which sets the divergence bound (:data:`DIVERGENCE_FACTOR`);
@@ -389,7 +389,7 @@ class Run:
                             "args": vars(self.args),
                             "epoch": epoch,
                             "record": record,
-                            "model": self.hooks.eval().state_dict(),
+                            "model": self.hooks.evaluation_network().state_dict(),
                         },
                         self.out_dir / BEST,
                         checksum=True,
@@ -410,7 +410,7 @@ class Run:
             )
 
     def _save_checkpoint(self) -> None:
-        self.hooks.eval()  # e.g. Schedule-Free saves its evaluation point, as its authors require
+        self.hooks.evaluation_network()  # e.g. Schedule-Free saves its evaluation point, as its authors require
         atomic_torch_save(
             {
                 "format": FORMAT,

@@ -1,17 +1,52 @@
 """The run folder, the contract between a run (:mod:`experiment.run`) and what reads or drives
-it (``reproduce.py``, ``reproduce_lib``): its file names, the statuses a run ends with, the flags
-that may change on ``--resume``, its lock, and how signals end it. Importing it needs no torch.
+it (``reproduce.py``, ``reproduce_lib``, ``benchmarks/``): its file names, the statuses a run ends
+with, the flags that may change on ``--resume``, its lock, and how signals end it. Code outside
+the ``experiment`` package takes these names from here (or from the package's re-exports), never
+from :mod:`experiment.run`. Importing it needs no torch.
 
-Files of a run folder (all written atomically: a temporary file, fsync, rename)::
+Files of a run folder (all written atomically: a temporary file, fsync, rename; a temporary
+file ``.<name>.<pid>.tmp`` left by a killed process is removed when the folder is next opened)::
 
-    config.json      the script, its resolved flags, parameter counts, device, versions; "resumes":
-                     the flags a ``--resume`` changed (only :data:`RESUMABLE_FLAGS` may change)
-    metrics.jsonl    one JSON object per epoch (the scripts' records, plus epoch and wall time)
-    checkpoint.pt    everything needed to resume, at the end of the last epoch
-    best.pt          the evaluated network at the epoch of the best validation loss
-    *.pt.sha256      the SHA-256 of checkpoint.pt and best.pt (checkpoint.pt's is verified on resume)
-    summary.json     its "status" (one of the statuses below) and the metrics at the best epoch
+    config.json      {"script", "args": the resolved flags, the run's facts (parameter counts,
+                     device...), "python", "torch", "commit", "resumes" (only after a --resume
+                     that changed flags)}
+    metrics.jsonl    one JSON object per epoch: {"epoch", the script's metrics ("train_loss",
+                     "valid_loss", "test_loss", ...), the optimizer hooks' fields (e.g. "eta"),
+                     "epoch_time_s"; "diverged": true on the epoch that diverged}
+    checkpoint.pt    everything needed to resume, at the end of the last epoch: {"format",
+                     "script", "args", "epoch", "status", "model", "optimizer",
+                     "optimizer_hooks", "early_stopping", "history", "rng"} (torch.save)
+    best.pt          the evaluated network at the epoch of the best validation loss: {"format",
+                     "script", "args", "epoch", "record", "model"}
+    checkpoint.pt.sha256, best.pt.sha256
+                     the SHA-256 of checkpoint.pt and best.pt, newest first (checkpoint.pt's is
+                     verified on resume)
+    summary.json     {"status", "epochs_completed", "diverged", "best_epoch", the train_/valid_/
+                     test_ metrics at the best epoch, "wall_time_s", the run's facts}
     run.lock         held (flock) by the process training the folder; holds its process id
+
+Statuses (a checkpoint holds ``running``, ``early_stopped`` or ``diverged``; a summary
+``completed``, ``early_stopped``, ``diverged`` or ``interrupted``)::
+
+    running          still training, or killed: its checkpoint continues with --resume
+    completed        trained the --epochs asked
+    early_stopped    no better validation loss for --patience epochs
+    diverged         the loss blew up (see experiment.run.DIVERGENCE_FACTOR): it stopped
+    interrupted      Ctrl-C or SIGTERM: summary.json holds the epochs of the checkpoint, which
+                     continues with --resume (reproduce.py counts the run as not finished)
+
+A folder with a summary.json whose status is not ``interrupted`` is finished. A folder holding
+only :data:`UNTRAINED_FILES` was killed before its first checkpoint: the same command starts it
+again.
+
+Resume: ``--resume --out_dir DIR`` continues from checkpoint.pt with the flags of config.json.
+Only :data:`RESUMABLE_FLAGS` may be given with other values (``--epochs``, not below the epochs
+already trained; ``--no-cuda``, ``--num_workers``, ``--data_path``, ``--compile``): they change
+where, how fast or how long the run computes, not what. A change is recorded in config.json's
+"resumes" list, ``[{"after_epoch": n, "changes": {flag: [old value, new value]}}, ...]``, while its
+"args" hold the latest values. On resume metrics.jsonl is rewritten from the checkpoint's history
+(the records of epochs after the checkpoint, if any, are dropped) and config.json is rewritten.
+:data:`FORMAT` is the checkpoint layout's version: a checkpoint of another one is refused.
 """
 
 import contextlib
@@ -28,7 +63,6 @@ except ImportError:  # Windows
     fcntl = None
 
 from .files import checksum_path, is_temporary_of
-from .flags import RESUMABLE_FLAGS
 
 __all__ = [
     "BEST",
@@ -75,6 +109,10 @@ UNTRAINED_FILES = frozenset({CONFIG, METRICS, CHECKPOINT_SUM})
 # (a sweep started again while an orphaned run still trains) stops instead of writing over it.
 LOCK = "run.lock"
 FORMAT = 1  # version of the checkpoint layout
+# Flags a resumed run may change: they do not change what is computed, only where, how fast,
+# or for how many epochs. `--resume --out_dir DIR` alone takes every other flag from the run's
+# config.json; a change to one of these is recorded there (its "resumes" list).
+RESUMABLE_FLAGS = frozenset({"epochs", "resume", "out_dir", "no_cuda", "num_workers", "data_path", "compile"})
 
 
 # Status of a run: in its checkpoint (RUNNING, EARLY_STOPPED, DIVERGED) and in its summary.

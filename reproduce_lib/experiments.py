@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.flags import OPTIMIZER_CHOICES
+from experiment import optimizers
+from experiment.optimizers import OPTIMIZERS, MissingPackage, import_baseline
 
 from . import figures
 from .aggregate import RowResult, load_result, row_result
@@ -295,7 +296,7 @@ def triangle_report(context: Context) -> list[Path]:
 
 # ---------------------------------------------------------------- baselines
 #: The runner's tuning-free optimizers (``--optimizer``), run under Table 1's protocol.
-BASELINES = ("AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree")
+BASELINES = optimizers.BASELINES
 
 
 def chosen_baselines(plan: Plan) -> tuple[str, ...]:
@@ -305,10 +306,6 @@ def chosen_baselines(plan: Plan) -> tuple[str, ...]:
 def missing_baselines(names: Iterable[str] = BASELINES) -> dict[str, str]:
     """Those of ``names`` whose optional package is not installed, each with the error naming its
     pip command."""
-    # Imported here: it needs torch, which reproduce.py's --help does not load.
-    from experiment import OPTIMIZERS
-    from experiment.baselines import MissingPackage, import_baseline
-
     missing = {}
     for name in names:
         if OPTIMIZERS[name].package is not None:
@@ -327,7 +324,7 @@ def baselines_rows(plan: Plan) -> list[Row]:
 
 
 def baselines_notes(names: Sequence[str], missing: dict[str, str], runs_dir: Path) -> list[str]:
-    settings = ", ".join(f"{name} {OPTIMIZER_CHOICES[name].default_lr:g}" for name in names)
+    settings = ", ".join(f"{name} {OPTIMIZERS[name].default_lr:g}" for name in names)
     notes = [
         *common_notes(),
         "Baselines: the tuning-free optimizers of `--optimizer`, each as its authors document it, "

@@ -17,7 +17,7 @@ from experiment import run as run_module
 # --no-cuda: the suite runs on the CPU, whatever the machine (exact resume is a CPU guarantee).
 TINY = ["--dry_run", "--model_name", "VGG19", "--size_multiplier", "0.125", "--batch_size", "4", "--no-cuda"]
 PACKAGE = {name: spec.package[0] for name, spec in experiment.OPTIMIZERS.items() if spec.package}
-BASELINES = ["AliG", "Prodigy", "DAdaptSGD", "DAdaptAdam", "DoG", "LDoG", "SGDScheduleFree", "AdamWScheduleFree"]
+BASELINES = list(experiment.optimizers.BASELINES)  # a new entry of the registry is run here too
 SCHEDULE_FREE = ["--optimizer", "SGDScheduleFree", "--lr", "0.1"]  # the default 1.0 blows up this tiny run
 
 

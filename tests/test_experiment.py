@@ -1,5 +1,6 @@
 """Tests of the plumbing shared by the experiment scripts (package ``experiment``)."""
 
+import ast
 import importlib.util
 import io
 import json
@@ -10,7 +11,9 @@ import platform
 import random
 import re
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from torch import nn
 import alrao
 import experiment
 from experiment import run_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_parser():
@@ -192,6 +197,41 @@ def test_every_optimizer_of_the_table_builds_plain_and_alrao():
         if spec.alrao is not None:
             args = parse("--optimizer", name, "--use_alrao")
             assert len(experiment.build_optimizer(tiny_model(args), args).classifier_lrs()) == 4
+
+
+def test_the_registry_is_the_one_list_of_optimizers():
+    """--optimizer, reproduce.py's baselines and the one-process rule of the distributed runs all
+    read experiment.optimizers.OPTIMIZERS; reading it loads no torch (--help reads it)."""
+    from experiment import distributed, optimizers
+    from experiment.flags import OPTIMIZER_CHOICES
+    from reproduce_lib.experiments import BASELINES
+
+    assert (
+        list(OPTIMIZER_CHOICES)
+        == list(experiment.OPTIMIZERS)
+        == make_parser()._option_string_actions["--optimizer"].choices
+    )
+    assert BASELINES == tuple(name for name, spec in experiment.OPTIMIZERS.items() if spec.alrao is None)
+    assert distributed.LOCAL_LOSS_OPTIMIZERS == {"AliG"}
+    assert experiment.MissingPackage is optimizers.MissingPackage is experiment.baselines.MissingPackage
+    code = "import sys, experiment.optimizers; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_optimizer_hooks_name_the_network_they_return():
+    """``evaluation_network()`` is what the loops and the run call; ``eval()``, its former name,
+    still answers the same network (a subclass overrides the new name only)."""
+    model = nn.Linear(2, 2)
+    hooks = experiment.OptimizerHooks(model)
+    assert hooks.evaluation_network() is model and hooks.eval() is model
+    assert (hooks.record(), hooks.state_dict()) == ({}, {})
+
+    class Averaged(experiment.OptimizerHooks):
+        def evaluation_network(self):
+            return averaged
+
+    averaged = nn.Linear(2, 2)
+    assert Averaged(model).eval() is averaged
 
 
 # --------------------------------------------------------------------- runtime
@@ -471,6 +511,29 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, capsy
 def test_the_scripts_can_keep_freed_memory_on_linux():
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert experiment.keep_freed_memory() is on_glibc
+
+
+RUN_FOLDER_READERS = ("reproduce.py", "reproduce_lib", "tools", "benchmarks")
+
+
+def test_what_reads_run_folders_takes_their_format_from_run_folder():
+    """reproduce.py, reproduce_lib/, tools/ and benchmarks/ import no run-folder name from
+    experiment.run (its internals) and spell no run file name out: experiment.run_folder is the
+    contract (run_folder.py's docstring documents it)."""
+    names = {*run_folder.RUN_FILES, run_folder.LOCK}
+    paths = [ROOT / "reproduce.py", *(p for d in RUN_FOLDER_READERS[1:] for p in sorted((ROOT / d).glob("*.py")))]
+    problems = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("experiment.run", "experiment.distributed"):
+                problems.append(f"{path.name}:{node.lineno} imports from {node.module}")
+            if isinstance(node, ast.Constant) and node.value in names:
+                problems.append(f"{path.name}:{node.lineno} spells {node.value!r} out")
+    assert problems == []
+    statuses = (run_folder.RUNNING, run_folder.COMPLETED, run_folder.EARLY_STOPPED, run_folder.DIVERGED)
+    flags = [experiment.flags.flag_name(k) for k in sorted(run_folder.RESUMABLE_FLAGS)]
+    for name in (*names, *statuses, run_folder.INTERRUPTED, *flags):
+        assert name in run_folder.__doc__, name
 
 
 # ------------------------------------------------------------- resume and misuse (issues 14.8, 15.2, 15.4)
