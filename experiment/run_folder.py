@@ -41,7 +41,7 @@ again.
 
 Resume: ``--resume --out_dir DIR`` continues from checkpoint.pt with the flags of config.json.
 Only :data:`RESUMABLE_FLAGS` may be given with other values (``--epochs``, not below the epochs
-already trained; ``--no-cuda``, ``--num_workers``, ``--data_path``, ``--compile``): they change
+already trained; ``--no_cuda``, ``--num_workers``, ``--data_path``, ``--compile``): they change
 where, how fast or how long the run computes, not what. A change is recorded in config.json's
 "resumes" list, ``[{"after_epoch": n, "changes": {flag: [old value, new value]}}, ...]``, while its
 "args" hold the latest values. On resume metrics.jsonl is rewritten from the checkpoint's history
