@@ -2,7 +2,7 @@
 read nothing on the host between two progress refreshes."""
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -172,20 +172,6 @@ def host_reads_fail(monkeypatch):
     monkeypatch.undo()
 
 
-def accelerator_path(monkeypatch, model):
-    """What the library does on a GPU, forced on the CPU: no host read in the step, checks
-    deferred. Through ``alrao.accelerator_path()`` where the library has that switch; on a library
-    without it, through what exists there: ``AlraoModel.defer_finite_check`` and the
-    ``known_all_finite`` shortcut (the copies' mask never read on the host)."""
-    if hasattr(alrao, "accelerator_path"):
-        return alrao.accelerator_path()
-    monkeypatch.setattr(alrao.copies, "known_all_finite", lambda finite: False)
-    monkeypatch.setattr(alrao.model, "known_all_finite", lambda finite: False)
-    if isinstance(model, alrao.AlraoModel):
-        model.defer_finite_check = True
-    return nullcontext()
-
-
 def test_the_host_read_guard_catches_a_read(monkeypatch):
     with host_reads_fail(monkeypatch), pytest.raises(HostRead):
         torch.ones(2).sum().item()
@@ -219,7 +205,7 @@ def test_the_cnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, opt
     model = experiment.build_model(args, pre, alrao.LinearClassifier, 4, 10)
     optim = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
     loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(STEPS)]
-    with accelerator_path(monkeypatch, model), host_reads_fail(monkeypatch) as refreshes:
+    with alrao.accelerator_path(), host_reads_fail(monkeypatch) as refreshes:
         result = main_cnn.train_epoch(model, loader, optim, 1, cpu, experiment.Precision(amp, cpu))
     assert refreshes == [40, 80, 92] and not result["diverged"]
 
@@ -243,7 +229,7 @@ def test_the_rnn_loop_reads_the_host_only_at_progress_refreshes(monkeypatch, opt
     model = experiment.build_model(args, pre, alrao.LinearClassifierRNN, 8, 20)
     optim = experiment.build_optimizer(model, args, torch.Generator().manual_seed(0))
     source = torch.randint(0, 20, (STEPS * args.bptt + 1, args.batch_size))
-    with accelerator_path(monkeypatch, model), host_reads_fail(monkeypatch) as refreshes:
+    with alrao.accelerator_path(), host_reads_fail(monkeypatch) as refreshes:
         result = main_rnn.train_epoch(model, source, optim, args, 1, experiment.Precision(amp, cpu))
     tokens = args.bptt * args.batch_size
     assert refreshes == [10 * tokens, 20 * tokens, STEPS * tokens] and not result["diverged"]
