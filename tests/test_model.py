@@ -238,6 +238,21 @@ def test_non_finite_preclassifier_output_raises():
         m(batch()[0])
 
 
+def test_huge_finite_preclassifier_output_does_not_raise():
+    # its sum overflows to inf (the host path's one-read shortcut), yet every element is finite
+    class Huge(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], D), 3e38)
+
+    m = alrao.AlraoModel("classification", nn.NLLLoss(), Huge(), N_COPIES, alrao.LinearClassifier, D, K)
+    m(batch()[0])
+    column = torch.tensor([1])
+    for inf in (float("inf"), float("-inf")):
+        m.preclassifier.forward = lambda x, inf=inf: torch.full((x.shape[0], D), 3e38).index_fill_(1, column, inf)
+        with pytest.raises(FloatingPointError, match="pre-classifier"):
+            m(batch()[0])
+
+
 def test_deferred_finite_check_raises_at_update_switch_and_is_cleared():
     m = make()
     m.check_every = 2
