@@ -191,10 +191,15 @@ def _linear_forward(z, weights, biases, head, low):
     non-finite; so do finite outputs large enough to overflow it, which only
     a diverged copy produces)."""
     x = z.reshape(-1, z.shape[-1]) if head.flatten else z
+    n, k = len(weights), weights[0].shape[0]
     weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
     if low is not None:
         x, weight, bias = x.to(low), weight.to(low), bias.to(low)
-    a = torch.baddbmm(bias.unsqueeze(1), x.expand(len(weights), -1, -1), weight.transpose(1, 2))
+    # One Linear with N x K outputs: one matrix product, faster than N of K outputs each (a
+    # batched product), then one copy into the copy-major layout the passes over the copies'
+    # outputs (the mixture, the log-softmax backward) are fastest on.
+    a = torch.addmm(bias.view(n * k), x, weight.view(n * k, -1).t())  # (T, N x K)
+    a = a.view(-1, n, k).transpose(0, 1).contiguous()  # (N, T, K)
     if low is not None:
         a = a.float()
     y = torch.log_softmax(a, dim=-1) if head.log_softmax else a
@@ -223,17 +228,13 @@ class _LinearCopies(torch.autograd.Function):
         masked = not known_all_finite(finite)
         zero = torch.zeros((), dtype=y.dtype, device=y.device)
         keep = finite.view(n, 1, 1)
-        probs = None
-        if ctx.head.log_softmax:
-            # the copies' probabilities, a diverged copy's NaNs replaced (its gradient is zeroed below)
-            probs = torch.where(keep, y, zero).exp_() if masked else y.exp()
 
         def grad_pre_activation(grad):
-            # through the log-softmax (grad - probs * sum(grad)), then zero for diverged copies
-            if probs is None:
-                return torch.where(keep, grad, zero) if masked else grad
-            grad = torch.addcmul(grad, probs, grad.sum(dim=-1, keepdim=True), value=-1)
-            return grad.masked_fill_(~keep, 0) if masked else grad
+            # through the log-softmax, grad - exp(y) * sum(grad), by torch's own fused kernel (one
+            # call, no probabilities tensor); then zero for diverged copies (NaN from their y)
+            if ctx.head.log_softmax:
+                grad = torch._log_softmax_backward_data(grad.contiguous(), y, -1, y.dtype)
+            return torch.where(keep, grad, zero) if masked else grad
 
         grad_z = None
         if grad_mix is not None and ctx.needs_input_grad[1]:

@@ -185,10 +185,13 @@ class AlraoModel(nn.Module):
         return _LogMixture.apply(y, log_post, finite.reshape(shape))
 
     def _check_finite(self, out: torch.Tensor) -> None:
-        bad = ~torch.isfinite(out.detach()).all()
+        out = out.detach()
         if on_accelerator_path(out.device):
-            self._nonfinite_seen |= bad
-        elif bad:
+            self._nonfinite_seen |= ~torch.isfinite(out).all()
+        # A finite sum proves every element finite in one read (the elementwise test is several
+        # passes over the pre-classifier output); a non-finite one may be an overflow of huge
+        # finite values, so the elementwise test decides.
+        elif not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
             self._raise_nonfinite()
 
     def _check_log_probs(self, y: torch.Tensor, finite: torch.Tensor) -> None:
@@ -426,12 +429,24 @@ class _LogMixture(torch.autograd.Function):
     with fewer full-size temporaries: the copies' outputs are the largest tensors of a step (a
     word-level decoder: copies x tokens x vocabulary), and on a CPU each new one costs its page
     faults as well as its pass. The forward keeps the mixture weights (each copy's share of the
-    averaged probability, computed anyway on the way to the log-sum-exp); the gradient with
-    respect to ``y_j`` is that weight times the incoming gradient.
+    averaged probability, computed anyway on the way to the log-sum-exp; on the host path
+    unnormalised, with their sum); the gradient with respect to ``y_j`` is that weight times the
+    incoming gradient.
     """
 
     @staticmethod
     def forward(ctx, y, log_post, finite):
+        if known_all_finite(finite):
+            # Host path, every copy in: first without the log-sum-exp's shift (two passes fewer
+            # over the copies' outputs, and the weights left unnormalised: one more), kept when
+            # no sum overflowed nor came near underflow. A weight that underflowed is then below
+            # sqrt(tiny) of its sum (~1e-19 in float32), far below rounding.
+            weight = torch.add(y, log_post).exp_()
+            total = weight.sum(dim=0)
+            low, high = torch.aminmax(total)
+            if low >= math.sqrt(torch.finfo(total.dtype).tiny) and high < math.inf:
+                ctx.save_for_backward(weight, total)
+                return total.log()
         weight = y + log_post
         masked = not known_all_finite(finite)
         if masked:
@@ -445,10 +460,10 @@ class _LogMixture(torch.autograd.Function):
         out = total.log_().add_(top)
         if masked:
             weight.nan_to_num_(0.0)
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(weight, None)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        return weight * grad, None, None
+        weight, total = ctx.saved_tensors
+        return weight * (grad if total is None else grad / total), None, None
