@@ -68,15 +68,7 @@ def part_bench(setting: str, amp: str, compiled: bool, device: str, steps: int, 
             model.compile()
 
         def step():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = model(*inputs)
-                out = out[0] if isinstance(out, tuple) else out
-                loss = model.loss(out, target) if use_alrao else loss_fn(out, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if use_alrao:
-                model.update_switch()
+            step_overhead.train_step(model, optimizer, inputs, target, None if use_alrao else loss_fn, dtype)
 
         return step
 
@@ -111,14 +103,7 @@ def part_sync(device: str, steps: int) -> dict:
                         torch.cuda.synchronize()
                         torch.cuda.set_sync_debug_mode("error")
                     try:
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            out = model(*inputs)
-                            out = out[0] if isinstance(out, tuple) else out
-                            loss = model.loss(out, target)
-                        optimizer.zero_grad()
-                        loss.backward()
-                        optimizer.step()
-                        model.update_switch()
+                        step_overhead.train_step(model, optimizer, inputs, target, dtype=dtype)
                     except RuntimeError as error:
                         raise RuntimeError(f"{name}: {str(error).splitlines()[0]}") from None
                     finally:

@@ -19,7 +19,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import alrao  # noqa: E402
 import models  # noqa: E402
 from alrao import optim as alrao_optim  # noqa: E402
+from benchmarks import step_overhead  # noqa: E402
 
 MODELS = ("cnn-small", "VGG19", "lstm-char")
 
@@ -93,26 +93,15 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="timed steps per variant (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time (default); cpu: the process's CPU time, steadier on a shared CPU "
-        "(with --threads 1; on CUDA always wall)",
-    )
+    step_overhead.add_timing_flags(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    clock = step_overhead.apply_timing_flags(parser, args, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
         f"clock={args.clock} optimizer={args.optimizer} steps={args.steps} (median)"

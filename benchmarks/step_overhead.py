@@ -140,6 +140,22 @@ def _forced_loop():
         alrao.copies._stacking_obstacle = real
 
 
+def train_step(model, optimizer, inputs, target, loss_fn=None, dtype=None) -> None:
+    """One training step: forward and loss (under ``torch.autocast`` in ``dtype`` when given),
+    backward, optimizer step. ``loss_fn`` None: an Alrao model, its own loss and then its switch
+    update. The step every benchmark here (and gpu_check.py) times."""
+    amp = torch.autocast(target.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with amp:
+        out = model(*inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = model.loss(out, target) if loss_fn is None else loss_fn(out, target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if loss_fn is None:
+        model.update_switch()
+
+
 def build(name, device, variant):
     """One step of ``variant``: 'plain', 'floor', 'alrao', 'alrao-builtin' (the built-in
     classifier class in place of a user's) or 'alrao-loop' (a user's class with its copies
@@ -163,30 +179,19 @@ def build(name, device, variant):
             if one_by_one:  # the fallback path, forced (its one warning silenced)
                 with warnings.catch_warnings(), _forced_loop():
                     warnings.simplefilter("ignore")
-                    out = model(*inputs)
+                    train_step(model, opt, inputs, target)
             else:
-                out = model(*inputs)
-            out = out[0] if isinstance(out, tuple) else out
-            loss = model.loss(out, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            model.update_switch()
+                train_step(model, opt, inputs, target)
     else:
         floor = variant == "floor"
         model = Plain(pre, FloorHead(width, cargs[0], n) if floor else cls(width, *cargs)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=1e-2)
 
+        def floor_loss(out, target):  # n NLL losses, one per slice, in one call (their sum)
+            return n * loss_fn(out.reshape(-1, out.shape[-1]), target.repeat_interleave(n))
+
         def step():
-            out = model(*inputs)
-            out = out[0] if isinstance(out, tuple) else out
-            if floor:  # n NLL losses, one per slice, in one call (their sum)
-                loss = n * loss_fn(out.reshape(-1, out.shape[-1]), target.repeat_interleave(n))
-            else:
-                loss = loss_fn(out, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(model, opt, inputs, target, floor_loss if floor else loss_fn)
 
     return step
 
@@ -233,6 +238,29 @@ def measure(steps, n_steps, warmup, device):
     return [statistics.median(t) for t in times]
 
 
+def add_timing_flags(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--clock``, the same in every benchmark that times steps."""
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, the core count)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the process's CPU time, steadier on a shared machine "
+        "(with --threads 1; on CUDA only wall)",
+    )
+
+
+def apply_timing_flags(parser: argparse.ArgumentParser, args, device: torch.device):
+    """Sets torch's thread count from ``--threads``; the clock ``--clock`` asks for on ``device``."""
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
@@ -244,23 +272,10 @@ def main(argv=None):
         action="store_true",
         help="leave glibc's allocator as it is (default: keep freed memory, as the scripts do)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, the core count)"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time (default); cpu: the process's CPU time, steadier on a shared machine "
-        "(with --threads 1; on CUDA only wall)",
-    )
+    add_timing_flags(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     global _clock
-    _clock = time.process_time if args.clock == "cpu" and args.device == "cpu" else time.perf_counter
+    _clock = apply_timing_flags(parser, args, torch.device(args.device))
     kept = False if args.system_malloc else experiment.keep_freed_memory()
     device = torch.device(args.device)
     print(
