@@ -33,11 +33,8 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .lazy import LazyModule
+from .lazy import alrao, torch  # imported at first use: --help reads the table without torch
 from .optimizer_hooks import OptimizerHooks
-
-torch = LazyModule("torch")
-alrao = LazyModule("alrao")
 
 PIP_EXTRA = "pip install 'alrao[baselines]'"
 
