@@ -436,7 +436,8 @@ class _LogMixture(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, log_post, finite):
-        if known_all_finite(finite):
+        masked = not known_all_finite(finite)
+        if not masked:
             # Host path, every copy in: first without the log-sum-exp's shift (two passes fewer
             # over the copies' outputs, and the weights left unnormalised: one more), kept when
             # no sum overflowed nor came near underflow. A weight that underflowed is then below
@@ -448,7 +449,6 @@ class _LogMixture(torch.autograd.Function):
                 ctx.save_for_backward(weight, total)
                 return total.log()
         weight = y + log_post
-        masked = not known_all_finite(finite)
         if masked:
             weight.masked_fill_(~finite.view(-1, *(1,) * (y.dim() - 1)), -math.inf)
         top = weight.amax(dim=0)
