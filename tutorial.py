@@ -17,10 +17,10 @@
 # # Alrao on your own model
 #
 # This notebook trains a network written for it, not one of the project's `models/`, with **Alrao**
-# (*All Learning Rates At Once*), and shows what happens inside. It runs top to bottom in about 80
-# seconds on a 2-core CPU (measured: 78 s), with no download: start it from the repository root
-# (`pip install -e ".[notebook]"`, then `jupyter notebook tutorial.ipynb`), where `alrao` and the
-# project's `data` package can be imported.
+# (*All Learning Rates At Once*), and shows what happens inside. It runs top to bottom in under a
+# minute on a 2-core CPU (measured: 26 s alone, 71 s on a loaded machine), with no download: start
+# it from the repository root (`pip install -e ".[notebook]"`, then `jupyter notebook tutorial.ipynb`),
+# where `alrao` and the project's `data` package can be imported.
 #
 # Contents: 1. what Alrao does; 2. your model, split in two; 3. training, against SGD and Adam;
 # 4. what Alrao did inside; 5. method forwarding and pre-classifiers that return tuples;

@@ -2,8 +2,8 @@
 
 The cells live in ``tutorial.py`` (jupytext's ``py:percent`` format, paired with ``tutorial.ipynb``):
 edit them there, then ``jupytext --sync tutorial.py`` (the cells only) or ``python tools/regenerate.py
---only tutorial`` (the cells, executed full size: 78.5 s wall clock, 33.5 s user CPU, on this
-project's 2-core x86_64 CPU shared with other processes, torch 2.14.1; each execution's time is in the
+--only tutorial`` (the cells, executed full size: 26 s wall clock at 3e9dcd0 on this project's
+2-core x86_64 CPU, torch 2.14.1, 71 s with the CPU shared; each execution's time is in the
 notebook's metadata, ``alrao_regenerated.execution_s``). tests/test_tutorial.py checks that the pair
 is in sync and that the notebook still runs.
 """
