@@ -8,11 +8,14 @@ notebook's metadata, ``alrao_regenerated.execution_s``). tests/test_tutorial.py 
 is in sync and that the notebook still runs.
 """
 
+import io
 import os
 import pathlib
 
 import jupytext
 import nbformat
+
+from experiment.files import atomic_write_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tutorial.py"
@@ -64,7 +67,6 @@ def write(nb: nbformat.NotebookNode, path: pathlib.Path = NOTEBOOK) -> None:
     """Write ``nb`` as an .ipynb, atomically: a half-written notebook never replaces the old one.
     jupytext writes it as ``jupytext --sync`` would (the pairing kept in its metadata, the text
     format's details dropped), so that a later sync leaves it as it is."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as stream:
-        jupytext.write(nb, stream, fmt="ipynb")
-    os.replace(tmp, path)
+    text = io.StringIO()  # jupytext.write's text (writes() leaves out the final newline)
+    jupytext.write(nb, text, fmt="ipynb")
+    atomic_write_text(path, text.getvalue())
