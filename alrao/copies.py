@@ -8,13 +8,13 @@ first (``y_mix``, used by the average) goes to ``z``; one arriving through the
 second (``y_own``, used by the copies' own losses) goes to the parameters. The
 cost is one ordinary forward and backward pass through the copies.
 
-Three implementations: :class:`_LinearCopies` for the built-in linear layers
-of ``alrao.layers`` (all copies in one matrix product, the backward written
-out); :class:`_StackedCopies` for any other classifier class (the copies'
-parameters stacked along a new first dimension and the class's forward run
-once on them, batched by ``torch.func.vmap``; the backward by autograd on that
-one graph); and :class:`_ClassifierCopies`, one call per copy, the fallback for
-modules vmap cannot batch (see :func:`evaluate_copies`).
+Three implementations: the built-in linear layers of ``alrao.layers`` (all
+copies as one linear layer, the backward written out, and a fused NLL: see
+``alrao/linear_copies.py``); :class:`_StackedCopies` for any other classifier
+class (the copies' parameters stacked along a new first dimension and the
+class's forward run once on them, batched by ``torch.func.vmap``; the backward
+by autograd on that one graph); and :class:`_ClassifierCopies`, one call per
+copy, the fallback for modules vmap cannot batch (see :func:`evaluate_copies`).
 
 A copy whose output is not finite (too large a learning rate) sends no
 gradient anywhere: its NaNs never reach the pre-classifier nor its own
@@ -30,17 +30,9 @@ from torch.func import functional_call, vmap
 
 from .device_path import known_all_finite
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
+from .linear_copies import LinearForward, LinearHead, by_copy, linear_copies, linear_forward
 
-
-class LinearHead(NamedTuple):
-    """What :class:`_LinearCopies` needs to know of a built-in classifier layer."""
-
-    linear: str  # the attribute holding its nn.Linear
-    log_softmax: bool  # whether a log-softmax follows the linear layer
-    flatten: bool  # whether its input (seq, batch, d) is flattened to (seq * batch, d)
-
-
-# Built-in layers whose copies go through _LinearCopies.
+# Built-in layers whose copies are evaluated as one linear layer (alrao/linear_copies.py).
 _LINEAR_HEADS = {
     LinearClassifier: LinearHead(linear="fc", log_softmax=True, flatten=False),
     LinearClassifierRNN: LinearHead(linear="decoder", log_softmax=True, flatten=True),
@@ -48,28 +40,46 @@ _LINEAR_HEADS = {
 }
 
 
+class LinearCopiesState(NamedTuple):
+    """The built-in linear copies' forward on the training path, for the fused NLL
+    (``alrao.linear_copies.linear_copies_nll``)."""
+
+    head: LinearHead
+    low: torch.dtype | None  # the autocast dtype the product ran in, or None
+    forward: LinearForward
+    z: torch.Tensor  # the pre-classifier output they read
+    params: list  # [W_1, b_1, W_2, b_2, ...]
+
+
+class CopyOutputs(NamedTuple):
+    y_mix: torch.Tensor  # (N, ...) the copies' outputs, on the pre-classifier's gradient path
+    y_own: torch.Tensor  # the same values, on the copies' own gradient path
+    finite: torch.Tensor  # (N,) whether each copy's outputs are all finite
+    linear: LinearCopiesState | None  # built-in linear copies while training, else None
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype ``torch.autocast`` runs matrix products in on ``device``; ``None`` outside autocast."""
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
-def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y_mix, y_own, finite)``: the copies' outputs stacked ``(N, ...)`` twice and
-    the ``(N,)`` mask of copies whose output is all finite."""
+def evaluate_copies(copies: list[nn.Module], z: torch.Tensor) -> CopyOutputs:
+    """The copies' outputs stacked ``(N, ...)`` twice and the ``(N,)`` mask of copies whose
+    output is all finite."""
     head = _LINEAR_HEADS.get(type(copies[0]))
     batched = head is not None and all(type(c) is type(copies[0]) for c in copies) and (head.flatten or z.dim() == 2)
+    if not batched:
+        return CopyOutputs(*_generic_copies(copies, z), None)
+    linears = [getattr(c, head.linear) for c in copies]
+    weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
+    low = autocast_dtype(z.device)
+    fwd = linear_forward(z, weights, biases, head, low)
     if not torch.is_grad_enabled():
-        if batched:
-            linears = [getattr(c, head.linear) for c in copies]
-            weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
-            y, finite, _, _ = _linear_forward(z, weights, biases, head, autocast_dtype(z.device))
-            return y, y, finite
-        return _generic_copies(copies, z)
-    if batched:
-        linears = [getattr(c, head.linear) for c in copies]
-        params = [p for lin in linears for p in (lin.weight, lin.bias)]
-        return _LinearCopies.apply(head, z, *params)
-    return _generic_copies(copies, z)
+        y = by_copy(fwd.y)
+        return CopyOutputs(y, y, fwd.finite, None)
+    params = [p for w, b in zip(weights, biases) for p in (w, b)]
+    y_mix, y_own = linear_copies(head, low, fwd, z, params)
+    return CopyOutputs(y_mix, y_own, fwd.finite, LinearCopiesState(head, low, fwd, z, params))
 
 
 # Classifier classes whose forward vmap failed on -> why: their copies run one by one.
@@ -153,7 +163,7 @@ def _stacked(copies, named, z):
 
 def _finite_copies(y: torch.Tensor) -> torch.Tensor:
     """``(N,)`` mask of the copies whose outputs ``y[j]`` are finite, by one reduction (the
-    rule of :func:`_linear_forward`: a NaN or inf makes the sum non-finite)."""
+    rule of :func:`alrao.linear_copies.linear_forward`: a NaN or inf makes the sum non-finite)."""
     return torch.isfinite(y.reshape(y.shape[0], -1).sum(dim=1))
 
 
@@ -176,85 +186,6 @@ def _vmapped(copies, names, stacked, z, z_batched):
     if [t._version for t in buffers.values()] != versions:
         raise _NotBatchable("its forward writes into its buffers")
     return y
-
-
-def _linear_forward(z, weights, biases, head, low):
-    """All copies at once: outputs ``(N, T, K)`` (contiguous), the finite mask, the input
-    ``(T, d)`` and the stacked weights ``(N, K, d)`` as multiplied.
-
-    ``low``: under ``torch.autocast``, its dtype: the matrix product runs in it
-    and the outputs (log-softmax included) come out in float32, the copies'
-    parameters keeping their own dtype. ``None``: the tensors' own dtypes.
-
-    A copy counts as finite when the sum of its outputs is: one reduction
-    instead of an elementwise test (a NaN or inf anywhere makes the sum
-    non-finite; so do finite outputs large enough to overflow it, which only
-    a diverged copy produces)."""
-    x = z.reshape(-1, z.shape[-1]) if head.flatten else z
-    n, k = len(weights), weights[0].shape[0]
-    weight, bias = torch.stack(weights), torch.stack(biases)  # (N, K, d), (N, K)
-    if low is not None:
-        x, weight, bias = x.to(low), weight.to(low), bias.to(low)
-    # One Linear with N x K outputs: one matrix product, faster than N of K outputs each (a
-    # batched product), then one copy into the copy-major layout the passes over the copies'
-    # outputs (the mixture, the log-softmax backward) are fastest on.
-    a = torch.addmm(bias.view(n * k), x, weight.view(n * k, -1).t())  # (T, N x K)
-    a = a.view(-1, n, k).transpose(0, 1).contiguous()  # (N, T, K)
-    if low is not None:
-        a = a.float()
-    y = torch.log_softmax(a, dim=-1) if head.log_softmax else a
-    return y, torch.isfinite(y.sum(dim=(1, 2))), x, weight
-
-
-class _LinearCopies(torch.autograd.Function):
-    """Copies of a linear layer (+ log-softmax), evaluated together; explicit backward."""
-
-    @staticmethod
-    def forward(ctx, head, z, *params):
-        ctx.set_materialize_grads(False)
-        low = autocast_dtype(z.device)
-        y, finite, x, weight = _linear_forward(z, params[0::2], params[1::2], head, low)
-        ctx.save_for_backward(x, weight, y, finite)
-        ctx.head, ctx.z_shape, ctx.z_dtype, ctx.param_dtype = head, z.shape, z.dtype, params[0].dtype
-        ctx.mark_non_differentiable(finite)
-        return y, y.detach(), finite
-
-    @staticmethod
-    def backward(ctx, grad_mix, grad_own, _):
-        # The (N, T, K) tensors here are the largest of the step: each is made once, and the
-        # masks of diverged copies are skipped when the copies are known to be finite.
-        x, weight, y, finite = ctx.saved_tensors
-        n = finite.numel()
-        masked = not known_all_finite(finite)
-        zero = torch.zeros((), dtype=y.dtype, device=y.device)
-        keep = finite.view(n, 1, 1)
-
-        def grad_pre_activation(grad):
-            # through the log-softmax, grad - exp(y) * sum(grad), by torch's own fused kernel (one
-            # call, no probabilities tensor); then zero for diverged copies (NaN from their y)
-            if ctx.head.log_softmax:
-                grad = torch._log_softmax_backward_data(grad.contiguous(), y, -1, y.dtype)
-            return torch.where(keep, grad, zero) if masked else grad
-
-        grad_z = None
-        if grad_mix is not None and ctx.needs_input_grad[1]:
-            # A diverged copy's weights may hold NaN: 0 * NaN would leak into z.
-            safe_weight = torch.where(keep, weight, zero) if masked else weight
-            # (under autocast the products run in the forward's low dtype, like autocast's own backward)
-            grad_pre = grad_pre_activation(grad_mix).to(weight.dtype)
-            grad_z = torch.bmm(grad_pre, safe_weight).sum(dim=0).reshape(ctx.z_shape).to(ctx.z_dtype)
-        grads = [None] * (2 * n)
-        if grad_own is not None:
-            g = grad_pre_activation(grad_own)
-            grad_weight = torch.bmm(g.transpose(1, 2).to(x.dtype), x.expand(n, -1, -1))  # (N, K, d)
-            grad_weight = grad_weight.to(ctx.param_dtype)
-            grad_bias = g.sum(dim=1).to(ctx.param_dtype)  # (N, K)
-            for j in range(n):
-                if ctx.needs_input_grad[2 + 2 * j]:
-                    grads[2 * j] = grad_weight[j]
-                if ctx.needs_input_grad[3 + 2 * j]:
-                    grads[2 * j + 1] = grad_bias[j]
-        return (None, grad_z, *grads)
 
 
 class _ClassifierCopies(torch.autograd.Function):

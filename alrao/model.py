@@ -37,9 +37,11 @@ from torch import nn
 
 from .copies import evaluate_copies
 from .deprecated import classifier_lrs  # noqa: F401  (its old home: alrao.model.classifier_lrs)
-from .device_path import known_all_finite, on_accelerator_path
+from .device_path import on_accelerator_path
 from .distributed import average_copy_losses
 from .likelihood import GaussianNLL, copy_log_likelihoods, mixture_mean
+from .linear_copies import linear_copies_nll
+from .mixture import LogMixture
 from .switch import Switch
 
 TASKS = ("classification", "regression")
@@ -151,6 +153,10 @@ class AlraoModel(nn.Module):
         self.last_copy_losses = None  # (N,) their losses, set by loss()
         self._last_finite = None
         self._last_means = None  # regression: the copies' outputs on the mixture's path
+        self._last_linear = None  # built-in linear copies (log-softmax): their forward, for the fused NLL
+        self._last_mixture = None  # the averaged model's output that forward returned
+        self._last_probs = None  # exp of the copies' outputs, if the mixture made it
+        self._last_log_post = None  # the (N,) log-posterior the mixture was made with
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
@@ -159,9 +165,10 @@ class AlraoModel(nn.Module):
         if isinstance(out, tuple):
             out, rest = out[0], out[1:]
         self._check_finite(out)
-        y_mix, y_own, finite = evaluate_copies(list(self.classifiers), out)
+        y_mix, y_own, finite, linear = evaluate_copies(list(self.classifiers), out)
         # Plain writes (no read): a compiled forward does not specialise on them.
         self.last_copy_outputs, self._last_finite, self.last_copy_losses = y_own, finite, None
+        self._last_linear = linear if linear is not None and linear.head.log_softmax else None
         self._stepped_since_forward, self._pending_losses = False, None
         # The mixture in float32 at least, whatever the copies computed in (autocast, half).
         y_mix = y_mix.to(torch.promote_types(y_mix.dtype, torch.float32))
@@ -171,18 +178,20 @@ class AlraoModel(nn.Module):
         else:
             if not torch.compiler.is_compiling() and not self._outputs_checked:
                 self._check_log_probs(y_own, finite)
-            y = self._average(y_mix, finite)
+            y, self._last_probs, self._last_log_post = self._average(y_mix, finite)
+        self._last_mixture = y
         return (y, *rest) if rest is not None else y
 
-    def _average(self, y: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    def _average(self, y: torch.Tensor, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``log sum_j posterior_j * exp(y_j)`` over the copies (dim 0), in log space, the posterior
         renormalised over the finite ones: the averaged model's log-probabilities from the copies'
-        (classification), or its log-likelihoods from the copies' (regression)."""
+        (classification), or its log-likelihoods from the copies' (regression); ``exp(y)``
+        where it was made (see ``alrao/mixture.py``), else None; and the ``(N,)`` log-posterior used."""
         shape = (self.n_classifiers,) + (1,) * (y.dim() - 1)
         neg_inf = torch.full((), -math.inf, dtype=y.dtype, device=y.device)
         log_post = torch.where(finite, self.switch.log_posterior.to(y.dtype), neg_inf)
         log_post = (log_post - torch.logsumexp(log_post, dim=0)).reshape(shape)
-        return _LogMixture.apply(y, log_post, finite.reshape(shape))
+        return *LogMixture.apply(y, log_post, finite.reshape(shape)), log_post.view(-1)
 
     def _check_finite(self, out: torch.Tensor) -> None:
         out = out.detach()
@@ -256,6 +265,7 @@ class AlraoModel(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state.update(last_copy_outputs=None, last_copy_losses=None, _last_finite=None, _last_means=None)
+        state.update(_last_linear=None, _last_mixture=None, _last_probs=None, _last_log_post=None)
         # Nor is it linked to the original's optimizers (a WeakSet cannot be pickled either).
         state.update(_optimizers=weakref.WeakSet(), _stepped_since_forward=False, _pending_losses=None)
         return state
@@ -277,6 +287,10 @@ class AlraoModel(nn.Module):
             raise RuntimeError("AlraoModel.loss: call the model's forward on this batch first")
         if self.task == "regression":
             mixed, own = self._regression_losses(target)
+        elif self._fused_nll(output, target):
+            lin = self._last_linear
+            probs, log_post = self._last_probs, self._last_log_post
+            mixed, own = linear_copies_nll(*lin, output, probs, log_post, target, self.loss_fn.ignore_index)
         else:
             mixed = self.loss_fn(output, target)
             outputs = self.last_copy_outputs
@@ -304,22 +318,36 @@ class AlraoModel(nn.Module):
             )
         target = target.to(means.dtype)
         finite = self._last_finite
-        mixed = -self._average(copy_log_likelihoods(self.loss_fn, means, target, finite), finite).mean()
+        mixed = -self._average(copy_log_likelihoods(self.loss_fn, means, target, finite), finite)[0].mean()
         outputs = self.last_copy_outputs.to(means.dtype)  # float32 at least, as the mixture (autocast)
         own = copy_log_likelihoods(self.loss_fn, outputs, target, finite, detach_variance=True)
         return mixed, -own.reshape(n, -1).mean(dim=1)
+
+    def _plain_nll(self) -> bool:
+        """Whether the loss is ``nn.NLLLoss`` with no class weights, averaged: the losses can
+        then be read off each copy's log-probability of the target."""
+        fn = self.loss_fn
+        return type(fn) is nn.NLLLoss and fn.weight is None and fn.reduction == "mean"
+
+    def _fused_nll(self, output: torch.Tensor, target: torch.Tensor) -> bool:
+        """Whether :meth:`loss` takes the fused NLL of the built-in linear copies
+        (``alrao/linear_copies.py``): a plain NLL of the very output the last training
+        forward returned. Any other output (a copy, a slice) goes through ``loss_fn``."""
+        lin = self._last_linear
+        return (
+            lin is not None
+            and output is self._last_mixture
+            and torch.is_grad_enabled()
+            and self._plain_nll()
+            and output.dim() == 2
+            and target.shape == output.shape[:1]
+        )
 
     def _copy_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each copy's loss, shape ``(N,)``: one gather for a plain ``nn.NLLLoss``
         (the common case), else one loss call per copy."""
         fn = self.loss_fn
-        if (
-            type(fn) is nn.NLLLoss
-            and fn.weight is None
-            and fn.reduction == "mean"
-            and outputs.dim() == 3
-            and target.dim() == 1
-        ):
+        if self._plain_nll() and outputs.dim() == 3 and target.dim() == 1:
             valid = target != fn.ignore_index
             index = torch.where(valid, target, 0).view(1, -1, 1).expand(outputs.shape[0], -1, 1)
             picked = outputs.gather(2, index).squeeze(2)
@@ -420,50 +448,3 @@ class AlraoModel(nn.Module):
                 methods = [getattr(c, name) for c in self.classifiers]
                 return lambda *a, **k: [m(*a, **k) for m in methods]
             raise
-
-
-class _LogMixture(torch.autograd.Function):
-    """``logsumexp_j(y_j + log_post_j)`` over the copies (dim 0), the diverged ones left out.
-
-    The value and gradient of ``torch.logsumexp(torch.where(finite, y + log_post, -inf), 0)``
-    with fewer full-size temporaries: the copies' outputs are the largest tensors of a step (a
-    word-level decoder: copies x tokens x vocabulary), and on a CPU each new one costs its page
-    faults as well as its pass. The forward keeps the mixture weights (each copy's share of the
-    averaged probability, computed anyway on the way to the log-sum-exp; on the host path
-    unnormalised, with their sum); the gradient with respect to ``y_j`` is that weight times the
-    incoming gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, y, log_post, finite):
-        masked = not known_all_finite(finite)
-        if not masked:
-            # Host path, every copy in: first without the log-sum-exp's shift (two passes fewer
-            # over the copies' outputs, and the weights left unnormalised: one more), kept when
-            # no sum overflowed nor came near underflow. A weight that underflowed is then below
-            # sqrt(tiny) of its sum (~1e-19 in float32), far below rounding.
-            weight = torch.add(y, log_post).exp_()
-            total = weight.sum(dim=0)
-            low, high = torch.aminmax(total)
-            if low >= math.sqrt(torch.finfo(total.dtype).tiny) and high < math.inf:
-                ctx.save_for_backward(weight, total)
-                return total.log()
-        weight = y + log_post
-        if masked:
-            weight.masked_fill_(~finite.view(-1, *(1,) * (y.dim() - 1)), -math.inf)
-        top = weight.amax(dim=0)
-        if masked:  # where every copy is left out, the mixture is -inf and its weights 0 (not NaN)
-            top = torch.where(torch.isfinite(top), top, torch.zeros((), dtype=top.dtype, device=top.device))
-        weight.sub_(top).exp_()
-        total = weight.sum(dim=0)
-        weight.div_(total)
-        out = total.log_().add_(top)
-        if masked:
-            weight.nan_to_num_(0.0)
-        ctx.save_for_backward(weight, None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, total = ctx.saved_tensors
-        return weight * (grad if total is None else grad / total), None, None

@@ -129,14 +129,14 @@ def test_the_accelerator_path_with_masks_equals_the_cpu_path(diverged):
 def test_the_mixture_equals_logsumexp_with_or_without_its_shift(offset):
     """The host path first tries the mixture without the log-sum-exp's shift; sums that underflow
     (every copy's probability tiny) or overflow (large log-likelihoods) fall back to the shift."""
-    from alrao.model import _LogMixture
+    from alrao.mixture import LogMixture
 
     torch.manual_seed(0)
     y = (torch.log_softmax(torch.randn(3, 5, 7), dim=-1) + offset).requires_grad_(True)
     log_post = torch.log_softmax(torch.randn(3), dim=0).view(3, 1, 1)
     finite = torch.ones(3, 1, 1, dtype=torch.bool)
     grad = torch.randn(5, 7)
-    out = _LogMixture.apply(y, log_post, finite)
+    out, _ = LogMixture.apply(y, log_post, finite)
     (g,) = torch.autograd.grad(out, y, grad)
     y64 = y.detach().double().requires_grad_(True)
     ref = torch.logsumexp(y64 + log_post.double(), dim=0)
@@ -153,7 +153,7 @@ def test_the_log_mixture_equals_logsumexp_over_the_finite_copies(mask):
     log_post[0] = -math.inf  # a copy whose posterior underflowed to 0
     finite = torch.tensor(mask, dtype=torch.bool)
     grad = torch.randn(4, 5, generator=g)
-    out = alrao.model._LogMixture.apply(y, log_post, finite)
+    out, _ = alrao.mixture.LogMixture.apply(y, log_post, finite)
     (got,) = torch.autograd.grad(out, y, grad)
     reference = torch.logsumexp(torch.where(finite.view(3, 1, 1), y + log_post, -math.inf), dim=0)
     (expected,) = torch.autograd.grad(reference, y, grad)
