@@ -196,21 +196,23 @@ class _LinearCopiesNLL(torch.autograd.Function):
         with torch.autocast(y.device.type, enabled=False):  # the losses in float32 at least
             own = -(row_scale @ torch.where(valid.unsqueeze(1), picked, _zero(picked)))
             mixed = -(row_scale @ torch.where(valid, mixed_picked, _zero(mixed_picked)).to(dtype))
-        ctx.save_for_backward(y, finite, weight, index, row_scale, picked, mixed_picked, log_post, probs)
+        ctx.save_for_backward(y, finite, weight, index, row_scale, picked, mixed_picked, log_post)
         ctx.x = layer_input(z.detach(), head, low)  # (not saved: z itself may be the input)
+        ctx.probs = probs  # taken over by the first backward (not saved: it writes into it)
         ctx.z_shape, ctx.z_dtype, ctx.param_dtype = z.shape, z.dtype, params[0].dtype
         return mixed, own
 
     @staticmethod
     def backward(ctx, grad_mixed, grad_own):
-        y, finite, weight, index, row_scale, picked, mixed_picked, log_post, probs = ctx.saved_tensors
-        fwd = LinearForward(y, finite, ctx.x, weight)
-        ctx.x = None
+        y, finite, weight, index, row_scale, picked, mixed_picked, log_post = ctx.saved_tensors
+        fwd, probs = LinearForward(y, finite, ctx.x, weight), ctx.probs
+        ctx.probs = None  # a second backward (retain_graph=True) makes exp(y) again
         masked, keep = _masks(finite)
         t, n, _ = y.shape
-        # exp(y) - onehot(target): the gradient of each copy's NLL at its pre-activation (exp(y):
-        # a copy of the mixture's, if it made it: an exponential costs more than a copy on a CPU)
-        pre = torch.exp(y) if probs is None else by_copy(probs).clone()
+        # exp(y) - onehot(target): the gradient of each copy's NLL at its pre-activation, written
+        # into the mixture's exp(y) if it made one (on a CPU an exponential costs more than a pass
+        # over memory, and a new tensor of this size more than reusing one)
+        pre = torch.exp(y) if probs is None else by_copy(probs)
         minus_one = torch.full((), -1.0, dtype=pre.dtype, device=pre.device)
         pre.scatter_add_(2, index.view(t, 1, 1).expand(t, n, 1), minus_one.expand(t, n, 1))
         if masked:

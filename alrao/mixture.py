@@ -40,7 +40,10 @@ def _weighted_sum(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class LogMixture(torch.autograd.Function):
     """``(out, p)``: ``out = logsumexp_j(y_j + log_post_j)`` over the copies (dim 0), the
     diverged ones (``finite`` false) left out, and ``p = exp(y)`` where it was made (the host
-    path's unshifted form; else None), not differentiable.
+    path's unshifted form; else None), not differentiable. ``p`` is not kept for this function's
+    backward, which makes it again (a gradient through ``out`` is the rare case: the fused NLL of
+    ``alrao/linear_copies.py`` takes the usual one), so that the fused NLL's backward may take
+    ``p`` over and write into it.
 
     ``log_post``: ``(N, 1, ...)`` log-posterior, normalised over the finite copies. The gradient
     with respect to ``y_j`` is copy ``j``'s share of the averaged probability,
@@ -60,7 +63,7 @@ class LogMixture(torch.autograd.Function):
             total = _weighted_sum(p, post)
             low, high = torch.aminmax(total)
             if low >= math.sqrt(torch.finfo(total.dtype).tiny) and high < math.inf:
-                ctx.save_for_backward(p, post, total)
+                ctx.save_for_backward(y, post, total)
                 ctx.mark_non_differentiable(p)
                 return total.log(), p
         weight = y + log_post
@@ -82,8 +85,8 @@ class LogMixture(torch.autograd.Function):
     def backward(ctx, grad, _):
         if grad is None:
             return None, None, None
-        weight, post, total = ctx.saved_tensors
+        kept, post, total = ctx.saved_tensors
         if post is None:  # the shifted form kept the normalised shares
-            return weight * grad, None, None
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        return torch.mul(weight, grad / total).mul_(post.view(shape)), None, None
+            return kept * grad, None, None
+        shape = (-1,) + (1,) * (kept.dim() - 1)
+        return torch.exp(kept).mul_(grad / total).mul_(post.view(shape)), None, None

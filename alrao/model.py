@@ -289,7 +289,8 @@ class AlraoModel(nn.Module):
             mixed, own = self._regression_losses(target)
         elif self._fused_nll(output, target):
             lin = self._last_linear
-            probs, log_post = self._last_probs, self._last_log_post
+            # exp(y), which the fused backward writes into: given to the first loss on this output only
+            probs, log_post, self._last_probs = self._last_probs, self._last_log_post, None
             mixed, own = linear_copies_nll(*lin, output, probs, log_post, target, self.loss_fn.ignore_index)
         else:
             mixed = self.loss_fn(output, target)

@@ -163,3 +163,23 @@ def test_the_mixtures_weighted_sum_over_the_copies(layout, classes):
         low = _weighted_sum(p, weight)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, expected)
+
+
+def test_a_second_backward_or_loss_gives_the_same_gradients():
+    """The fused backward writes into the mixture's exp(y) (alrao/mixture.py): a second backward
+    through the same graph (retain_graph=True), or a second loss on the same output, makes it again."""
+    m = make(6, 3)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    out = m(x)
+    assert m._last_probs is not None  # the host path made exp(y)
+    loss = m.loss(out, y)
+    grads = []
+    for _ in range(2):
+        m.zero_grad()
+        loss.backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in m.parameters()])
+    m.zero_grad()
+    m.loss(out, y).backward()
+    grads.append([p.grad.clone() for p in m.parameters()])
+    for other in grads[1:]:
+        assert_same(grads[0], other)
