@@ -178,9 +178,11 @@ def linear_copies(head: LinearHead, low, fwd: LinearForward, z, params):
 
 
 class _LinearCopiesNLL(torch.autograd.Function):
-    """``(mixed, own)``: the averaged model's NLL (from its log-probabilities ``mixture``
-    ``(T, K)``) and the copies' ``(N,)``, over the tokens whose target is not
-    ``ignore_index``; gradients as :class:`_LinearCopies` would send them (see the module's
+    """``(loss, own)``: the averaged model's NLL (from its log-probabilities ``mixture``
+    ``(T, K)``) and the copies' ``(N,)`` (not differentiable), over the tokens whose target is
+    not ``ignore_index``. The backward of ``loss`` is the paper's two gradients (as
+    ``AlraoModel.loss``'s general path sends them): the averaged model's NLL to ``z``, and each
+    copy's own NLL (with the same weight, zero if not finite) to its parameters (see the module's
     docstring). ``log_post``: ``(N,)``, the log-posterior the mixture was made with."""
 
     @staticmethod
@@ -196,15 +198,18 @@ class _LinearCopiesNLL(torch.autograd.Function):
         with torch.autocast(y.device.type, enabled=False):  # the losses in float32 at least
             own = -(row_scale @ torch.where(valid.unsqueeze(1), picked, _zero(picked)))
             mixed = -(row_scale @ torch.where(valid, mixed_picked, _zero(mixed_picked)).to(dtype))
-        ctx.save_for_backward(y, finite, weight, index, row_scale, picked, mixed_picked, log_post)
+        # a copy whose loss is not finite trains on nothing (as in AlraoModel.loss's general path)
+        trained = finite & torch.isfinite(own)
+        ctx.save_for_backward(y, finite, weight, index, row_scale, picked, mixed_picked, log_post, trained)
         ctx.x = layer_input(z.detach(), head, low)  # (not saved: z itself may be the input)
         ctx.probs = probs  # taken over by the first backward (not saved: it writes into it)
         ctx.z_shape, ctx.z_dtype, ctx.param_dtype = z.shape, z.dtype, params[0].dtype
+        ctx.mark_non_differentiable(own)
         return mixed, own
 
     @staticmethod
-    def backward(ctx, grad_mixed, grad_own):
-        y, finite, weight, index, row_scale, picked, mixed_picked, log_post = ctx.saved_tensors
+    def backward(ctx, grad_mixed, _):
+        y, finite, weight, index, row_scale, picked, mixed_picked, log_post, trained = ctx.saved_tensors
         fwd, probs = LinearForward(y, finite, ctx.x, weight), ctx.probs
         ctx.probs = None  # a second backward (retain_graph=True) makes exp(y) again
         masked, keep = _masks(finite)
@@ -228,13 +233,14 @@ class _LinearCopiesNLL(torch.autograd.Function):
                 share = share.nan_to_num_(0.0)
             grad_z = _products(pre, share.mul_((row_scale * grad_mixed).unsqueeze(1)), fwd, keep, masked, ctx)
         grads = [None] * (len(ctx.needs_input_grad) - 11)
-        if grad_own is not None:
-            grads = _param_grads(pre, fwd, row_scale, grad_own, ctx.param_dtype, ctx.needs_input_grad[11:])
+        if grad_mixed is not None:  # each copy's own loss weighs as the returned loss
+            copy_scale = torch.where(trained, grad_mixed, _zero(grad_mixed))
+            grads = _param_grads(pre, fwd, row_scale, copy_scale, ctx.param_dtype, ctx.needs_input_grad[11:])
         return (None,) * 10 + (grad_z, *grads)
 
 
 def linear_copies_nll(head, low, fwd: LinearForward, z, params, mixture, probs, log_post, target, ignore_index):
-    """``(mixed, own)`` of :class:`_LinearCopiesNLL` (``head``, ``low``, ``fwd``, ``z``, ``params``:
+    """``(loss, own)`` of :class:`_LinearCopiesNLL` (``head``, ``low``, ``fwd``, ``z``, ``params``:
     as for :func:`linear_copies`; ``probs``: ``exp(y)`` if the mixture made it, or None)."""
     return _LinearCopiesNLL.apply(
         head, low, ignore_index, mixture.detach(), probs, log_post, target, fwd.y, fwd.finite, fwd.weight, z, *params

@@ -39,11 +39,13 @@ def _weighted_sum(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class LogMixture(torch.autograd.Function):
     """``(out, p)``: ``out = logsumexp_j(y_j + log_post_j)`` over the copies (dim 0), the
-    diverged ones (``finite`` false) left out, and ``p = exp(y)`` where it was made (the host
-    path's unshifted form; else None), not differentiable. ``p`` is not kept for this function's
-    backward, which makes it again (a gradient through ``out`` is the rare case: the fused NLL of
-    ``alrao/linear_copies.py`` takes the usual one), so that the fused NLL's backward may take
-    ``p`` over and write into it.
+    diverged ones (``finite`` false) left out, and, if ``hand_over``, ``p = exp(y)`` where it was
+    made (the host path's unshifted form; else None), not differentiable.
+
+    ``hand_over``: the copies' loss has a fused backward that starts from ``exp(y)`` (the built-in
+    linear copies, ``alrao/linear_copies.py``): ``p`` is handed over to it, which writes into it,
+    and a gradient through ``out`` itself (then the rare case) makes ``exp(y)`` again. Otherwise
+    ``p`` is kept for this function's backward.
 
     ``log_post``: ``(N, 1, ...)`` log-posterior, normalised over the finite copies. The gradient
     with respect to ``y_j`` is copy ``j``'s share of the averaged probability,
@@ -51,7 +53,7 @@ class LogMixture(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, log_post, finite):
+    def forward(ctx, y, log_post, finite, hand_over=False):
         ctx.set_materialize_grads(False)
         masked = not known_all_finite(finite)
         if not masked:
@@ -63,7 +65,10 @@ class LogMixture(torch.autograd.Function):
             total = _weighted_sum(p, post)
             low, high = torch.aminmax(total)
             if low >= math.sqrt(torch.finfo(total.dtype).tiny) and high < math.inf:
-                ctx.save_for_backward(y, post, total)
+                ctx.save_for_backward(y if hand_over else p, post, total)
+                ctx.made_again = hand_over
+                if not hand_over:
+                    return total.log(), None
                 ctx.mark_non_differentiable(p)
                 return total.log(), p
         weight = y + log_post
@@ -84,9 +89,10 @@ class LogMixture(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _):
         if grad is None:
-            return None, None, None
+            return None, None, None, None
         kept, post, total = ctx.saved_tensors
         if post is None:  # the shifted form kept the normalised shares
-            return kept * grad, None, None
+            return kept * grad, None, None, None
         shape = (-1,) + (1,) * (kept.dim() - 1)
-        return torch.exp(kept).mul_(grad / total).mul_(post.view(shape)), None, None
+        weight = torch.exp(kept) if ctx.made_again else kept  # kept: y, or exp(y)
+        return torch.mul(weight, grad / total).mul_(post.view(shape)), None, None, None

@@ -178,20 +178,22 @@ class AlraoModel(nn.Module):
         else:
             if not torch.compiler.is_compiling() and not self._outputs_checked:
                 self._check_log_probs(y_own, finite)
-            y, self._last_probs, self._last_log_post = self._average(y_mix, finite)
+            hand_over = self._last_linear is not None  # to the fused NLL (alrao/linear_copies.py)
+            y, self._last_probs, self._last_log_post = self._average(y_mix, finite, hand_over)
         self._last_mixture = y
         return (y, *rest) if rest is not None else y
 
-    def _average(self, y: torch.Tensor, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _average(self, y: torch.Tensor, finite: torch.Tensor, hand_over: bool = False):
         """``log sum_j posterior_j * exp(y_j)`` over the copies (dim 0), in log space, the posterior
         renormalised over the finite ones: the averaged model's log-probabilities from the copies'
-        (classification), or its log-likelihoods from the copies' (regression); ``exp(y)``
-        where it was made (see ``alrao/mixture.py``), else None; and the ``(N,)`` log-posterior used."""
+        (classification), or its log-likelihoods from the copies' (regression); if ``hand_over``,
+        ``exp(y)`` where it was made (see ``alrao/mixture.py``), else None; and the ``(N,)``
+        log-posterior used."""
         shape = (self.n_classifiers,) + (1,) * (y.dim() - 1)
         neg_inf = torch.full((), -math.inf, dtype=y.dtype, device=y.device)
         log_post = torch.where(finite, self.switch.log_posterior.to(y.dtype), neg_inf)
         log_post = (log_post - torch.logsumexp(log_post, dim=0)).reshape(shape)
-        return *LogMixture.apply(y, log_post, finite.reshape(shape)), log_post.view(-1)
+        return *LogMixture.apply(y, log_post, finite.reshape(shape), hand_over), log_post.view(-1)
 
     def _check_finite(self, out: torch.Tensor) -> None:
         out = out.detach()
@@ -291,7 +293,9 @@ class AlraoModel(nn.Module):
             lin = self._last_linear
             # exp(y), which the fused backward writes into: given to the first loss on this output only
             probs, log_post, self._last_probs = self._last_probs, self._last_log_post, None
-            mixed, own = linear_copies_nll(*lin, output, probs, log_post, target, self.loss_fn.ignore_index)
+            loss, own = linear_copies_nll(*lin, output, probs, log_post, target, self.loss_fn.ignore_index)
+            self.last_copy_losses = own
+            return loss
         else:
             mixed = self.loss_fn(output, target)
             outputs = self.last_copy_outputs
