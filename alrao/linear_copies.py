@@ -116,7 +116,7 @@ def _products(pre, mix_scale, fwd: LinearForward, keep, masked, ctx):
         grad = pre.reshape(t, n * k).to(weight.dtype) @ weight.view(n * k, -1)
     else:
         per_copy = torch.bmm(by_copy(pre).to(weight.dtype), weight)  # (N, T, d)
-        grad = (per_copy * by_copy(mix_scale).unsqueeze(2).to(per_copy.dtype)).sum(dim=0)
+        grad = (per_copy.to(mix_scale.dtype) * by_copy(mix_scale).unsqueeze(2)).sum(dim=0)
     return grad.reshape(ctx.z_shape).to(ctx.z_dtype)
 
 
@@ -126,7 +126,8 @@ def _param_grads(pre, fwd: LinearForward, row_scale, copy_scale, param_dtype, ne
     ``(N,)`` (None: 1): two products, as a plain layer's."""
     t, n, k = pre.shape
     flat = pre.reshape(t, n * k)
-    x = fwd.x if row_scale is None else fwd.x * row_scale.unsqueeze(1).to(fwd.x.dtype)
+    # (scaled in float32, then rounded to the product's dtype once, as autocast rounds its operands)
+    x = fwd.x if row_scale is None else (fwd.x * row_scale.unsqueeze(1)).to(fwd.x.dtype)
     grad_weight = (flat.t().to(x.dtype) @ x).view(n, k, -1).to(param_dtype)  # (N, K, d)
     with torch.autocast(flat.device.type, enabled=False):  # (a backward run inside autocast)
         grad_bias = (flat.sum(dim=0) if row_scale is None else row_scale.to(flat.dtype) @ flat).view(n, k)
