@@ -70,7 +70,6 @@ class Switch(nn.Module):
         """Posterior probabilities of the models, shape ``(n_models,)``, summing to 1."""
         return self.log_posterior.exp()
 
-    @torch.no_grad()
     def update(self, losses: torch.Tensor) -> None:
         """Bayesian update after a mini-batch.
 
@@ -85,30 +84,58 @@ class Switch(nn.Module):
         loss; the smallest finite loss is subtracted first, so that the
         log-weights keep their precision when the losses are huge (in float32,
         ``1e9 - 1.4 == 1e9``).
+
+        The tensors are tiny (``2 * n_models`` numbers): the cost is the number of
+        operations, and of kinds of operations (on a CPU, after a step's forward and
+        backward, the first call of a kind costs ~10 us). So the update is written
+        with few of both; its arithmetic is still that of the plain form
+        (``logw - (losses - best)``, ``torch.logsumexp``, ...), operation for
+        operation, and gives the same bits (``tests/test_switch.py`` runs the two).
         """
-        losses = losses.detach().to(self.logw.dtype).reshape(-1)
+        # The buffers from _buffers (nn.Module.__getattr__ is a Python call per name), read
+        # at each call: .to() replaces them.
+        buffers = self._buffers
+        logw_old, t_int = buffers["logw"], buffers["t"]
+        losses = losses.detach()
+        if losses.dtype != logw_old.dtype:
+            losses = losses.to(logw_old.dtype)
+        if losses.dim() != 1:
+            losses = losses.reshape(-1)
         if losses.numel() != self.n_models:
             raise ValueError(f"Switch.update expects {self.n_models} losses, got shape {tuple(losses.shape)}")
-        finite = torch.isfinite(losses)
-        losses = torch.where(finite, losses, torch.full_like(losses, math.inf))
-        best = losses.amin()  # the smallest finite loss; inf if there is none
-        losses = losses - torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+        # -loss, a non-finite loss as -inf; its maximum is minus the smallest finite loss
+        # (-inf if there is none). Negated so that one reduction (amax) serves here and in
+        # the log-sum-exps; -(a - b) == b - a exactly, so the shifted losses are unchanged.
+        neg_losses = torch.nan_to_num(0 - losses, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+        neg_best = neg_losses.amax()
+        keep = neg_best > -math.inf  # all copies diverged: keep the previous state rather than NaNs
+        logw = logw_old + (neg_losses - neg_best)  # logw - (losses - best)
 
-        logw = self.logw - losses
         # t counts in int64; its logarithms are taken in the state's dtype, in forms that stay
-        # accurate for large t (log(1 - 1/(t+1)) = -log1p(1/t), not log t - log1p t).
-        t = self.t.to(logw.dtype)
-        log_pi = -torch.log1p(t)  # log(1 / (t + 1))
-        log_1m_pi = -torch.log1p(t.reciprocal())  # log(1 - 1 / (t + 1))
-        pool = torch.logsumexp(logw[0], dim=0) + log_pi
-        logw = torch.cat([logw[:1] + log_1m_pi, logw[1:]], dim=0)
-        logw = torch.logaddexp(logw, self._log_prior_switch + pool - math.log(self.n_models))
-        logw = logw - torch.logsumexp(logw.reshape(-1), dim=0)
+        # accurate for large t: log(1 / (t + 1)) = -log1p(t), log(1 - 1 / (t + 1)) = -log1p(1 / t).
+        t = t_int.to(logw.dtype)
+        not_switched = logw[0]  # a view: row 0 is updated in place below
+        pool = _logsumexp(not_switched) - torch.log1p(t)  # + log pi_t
+        not_switched.sub_(torch.log1p(t.reciprocal()))  # + log(1 - pi_t)
+        logw = torch.logaddexp(logw, buffers["_log_prior_switch"] + pool - math.log(self.n_models))
+        logw = logw - _logsumexp(logw)
 
-        keep = finite.any()  # all copies diverged: keep the previous state rather than NaNs
-        self.logw.copy_(torch.where(keep, logw, self.logw))
-        self.log_posterior.copy_(torch.where(keep, torch.logsumexp(self.logw, dim=0), self.log_posterior))
-        self.t.add_(1)
+        torch.where(keep, logw, logw_old, out=logw_old)
+        log_posterior = buffers["log_posterior"]
+        torch.where(keep, _logsumexp(logw_old, dim=0), log_posterior, out=log_posterior)
+        t_int.add_(1)
 
     def extra_repr(self) -> str:
         return f"n_models={self.n_models}, theta={self.theta}"
+
+
+def _logsumexp(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)`` (over every element when ``dim`` is None): its operations (amax,
+    subtract, exp, sum, log, add), the same bits, without its guard for an infinite maximum
+    (three operations more). In :meth:`Switch.update` the maximum is finite whenever the result
+    is kept: row 0 of the log-weights is finite (every update gives each entry some switching
+    mass), and the best copy's shifted loss is 0."""
+    top = x.amax() if dim is None else x.amax(dim)
+    total = (x - top).exp_()
+    total = total.sum() if dim is None else total.sum(dim)
+    return total.log_().add_(top)

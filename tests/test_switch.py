@@ -46,6 +46,50 @@ def test_matches_transcription():
     assert int(sw.t) == 301
 
 
+def plain_update(sw, losses):
+    """Switch.update in its plain form (torch.logsumexp, torch.where): the switch's code before it was
+    written with fewer operations. Returns the new (logw, log_posterior), leaves ``sw`` alone."""
+    losses = losses.detach().to(sw.logw.dtype).reshape(-1)
+    finite = torch.isfinite(losses)
+    losses = torch.where(finite, losses, torch.full_like(losses, math.inf))
+    best = losses.amin()
+    losses = losses - torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    logw = sw.logw - losses
+    t = sw.t.to(logw.dtype)
+    pool = torch.logsumexp(logw[0], dim=0) + -torch.log1p(t)
+    logw = torch.cat([logw[:1] + -torch.log1p(t.reciprocal()), logw[1:]], dim=0)
+    logw = torch.logaddexp(logw, sw._log_prior_switch + pool - math.log(sw.n_models))
+    logw = logw - torch.logsumexp(logw.reshape(-1), dim=0)
+    logw = torch.where(finite.any(), logw, sw.logw)
+    return logw, torch.where(finite.any(), torch.logsumexp(logw, dim=0), sw.log_posterior)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 3, 6, 17])
+def test_update_gives_the_bits_of_the_plain_form(n, dtype):
+    """Non-finite losses, all of them (skipped), huge losses, a large t, losses of another dtype
+    or shape: the same bits as plain_update."""
+    g = torch.Generator().manual_seed(n)
+    sw = Switch(n).to(dtype)
+    for step in range(80):
+        losses = torch.rand(n, generator=g, dtype=torch.float64) * 10.0 ** (step % 5 * 8 - 8)
+        draw = torch.rand(n, generator=g)
+        losses[draw < 0.1] = math.inf
+        losses[(draw >= 0.1) & (draw < 0.15)] = math.nan
+        losses[(draw >= 0.15) & (draw < 0.17)] = -math.inf
+        if step % 13 == 4:
+            losses[:] = math.nan if step % 2 else math.inf
+        if step == 60:
+            sw.t.fill_(2**40)
+        losses = losses.float() if step % 2 else losses
+        losses = losses.reshape(1, n) if step % 3 == 0 else losses
+        logw, log_posterior = plain_update(sw, losses)
+        t = int(sw.t)
+        sw.update(losses)
+        assert torch.equal(sw.logw, logw) and torch.equal(sw.log_posterior, log_posterior), step
+        assert sw.logw.dtype == sw.log_posterior.dtype == dtype and int(sw.t) == t + 1
+
+
 def test_initial_posterior_uniform_and_state_in_buffers():
     sw = Switch(4, theta=0.999)
     assert torch.allclose(sw.posterior(), torch.full((4,), 0.25))
