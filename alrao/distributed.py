@@ -45,7 +45,9 @@ def average_copy_losses(losses: torch.Tensor, process_group=None) -> torch.Tenso
     copy's global loss non-finite (the switch then gives it no mass this step).
     Never reads a tensor on the host.
     """
-    size = group_size(process_group)
+    if not (dist.is_available() and dist.is_initialized()):
+        return losses  # group_size() inlined: this is every training step's path without DDP
+    size = dist.get_world_size(process_group)
     if size == 1:
         return losses
     buffer = losses.detach().to(torch.promote_types(losses.dtype, torch.float32), copy=True)

@@ -373,23 +373,28 @@ class AlraoModel(nn.Module):
         update is made by that step. Without one, the update is made at once.
         Every ``check_every`` calls, :meth:`check` reads the deferred checks' flags.
         """
-        if self.last_copy_losses is None:
+        losses = self.last_copy_losses
+        if losses is None:
             raise RuntimeError("AlraoModel.update_switch: call model.loss(output, target) on this batch first")
-        losses, self.last_copy_losses = average_copy_losses(self.last_copy_losses, process_group), None
-        self._update_switch_calls += 1
+        losses = average_copy_losses(losses, process_group)
+        # Host-side values, written to __dict__ directly: nn.Module.__setattr__ is a Python call
+        # per write (looking for a parameter, buffer or module of the name), ~1 us each in a step.
+        state = self.__dict__
+        state["last_copy_losses"] = None
+        state["_update_switch_calls"] += 1
         if len(self._optimizers) == 0 or self._stepped_since_forward:
             self._update_switch_now(losses)
         else:
-            self._pending_losses = losses  # made by the next optimizer step, dropped by the next forward
-        self._updates_since_check += 1
+            state["_pending_losses"] = losses  # made by the next optimizer step, dropped by the next forward
+        state["_updates_since_check"] += 1
         if self._updates_since_check >= self.check_every:
-            self._updates_since_check = 0
+            state["_updates_since_check"] = 0
             self.check()
 
     def _update_switch_now(self, losses: torch.Tensor) -> None:
         if self.task == "regression":
             self._update_prediction_weights(losses)
-        self.switch.update(losses)
+        self._modules["switch"].update(losses)  # self.switch: nn.Module.__getattr__, a Python call
 
     def _attach_optimizer(self, optimizer) -> None:
         """Called by an Alrao optimizer built on this model: it reports its steps."""
@@ -397,10 +402,12 @@ class AlraoModel(nn.Module):
 
     def _optimizer_stepped(self) -> None:
         """Called by an attached optimizer after each step it takes (none when a GradScaler skips it)."""
-        self._stepped_since_forward = True
-        self._optimizer_steps += 1
-        if self._pending_losses is not None:
-            losses, self._pending_losses = self._pending_losses, None
+        state = self.__dict__  # host-side values: plain writes, as in update_switch
+        state["_stepped_since_forward"] = True
+        state["_optimizer_steps"] += 1
+        losses = self._pending_losses
+        if losses is not None:
+            state["_pending_losses"] = None
             self._update_switch_now(losses)
         if self._update_switch_calls == 0 and self._optimizer_steps == STEPS_BEFORE_NO_SWITCH_WARNING:
             warnings.warn(
