@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from .device_path import on_accelerator_path
+
 
 class Switch(nn.Module):
     """Switch posterior over ``n_models`` models.
@@ -26,8 +28,9 @@ class Switch(nn.Module):
             0.9999; the paper's appendix says 0.999).
 
     All the state is in buffers (``logw``, ``log_posterior``, ``t``), so it is
-    saved by ``state_dict()``, moved by ``.to()``, and updated on the device
-    without synchronising with the host. The log-weights stay float32 (or
+    saved by ``state_dict()``, moved by ``.to()``, and updated on an accelerator
+    without synchronising with the host (on a CPU, in Python floats: see
+    :meth:`update`). The log-weights stay float32 (or
     float64, when asked for) whatever the model's dtype: ``model.half()`` or
     ``.to(torch.bfloat16)`` leaves them float32, and the step counter ``t``
     is an integer.
@@ -64,7 +67,14 @@ class Switch(nn.Module):
                 return tensor.to(device=out.device, dtype=torch.float32)
             return out
 
-        return super()._apply(keep_float32, recurse)
+        module = super()._apply(keep_float32, recurse)
+        # The prior's constants made again in the new dtype: a cast of their float32 roundings
+        # would leave a float64 switch with float32 constants.
+        prior = self._log_prior_switch
+        self._log_prior_switch = torch.tensor(
+            [[math.log(self.theta)], [math.log1p(-self.theta)]], dtype=prior.dtype, device=prior.device
+        )
+        return module
 
     def posterior(self) -> torch.Tensor:
         """Posterior probabilities of the models, shape ``(n_models,)``, summing to 1."""
@@ -86,23 +96,28 @@ class Switch(nn.Module):
         ``1e9 - 1.4 == 1e9``).
 
         The tensors are tiny (``2 * n_models`` numbers): the cost is the number of
-        operations, and of kinds of operations (on a CPU, after a step's forward and
-        backward, the first call of a kind costs ~10 us). So the update is written
-        with few of both; its arithmetic is still that of the plain form
-        (``logw - (losses - best)``, ``torch.logsumexp``, ...), operation for
-        operation, and gives the same bits (``tests/test_switch.py`` runs the two).
+        operations. On the host path (a CPU, :mod:`alrao.device_path`) the update reads
+        them and runs in Python floats (double precision), a few tensor operations in
+        all; on the accelerator path it stays on the device, with few operations of few
+        kinds (after a step's forward and backward, the first call of a kind costs ~10 us
+        on a CPU). That form's arithmetic is still the plain form's (``logw - (losses -
+        best)``, ``torch.logsumexp``, ...), operation for operation, and gives the same bits
+        (``tests/test_switch.py`` runs the two).
         """
         # The buffers from _buffers (nn.Module.__getattr__ is a Python call per name), read
         # at each call: .to() replaces them.
         buffers = self._buffers
         logw_old, t_int = buffers["logw"], buffers["t"]
         losses = losses.detach()
-        if losses.dtype != logw_old.dtype:
-            losses = losses.to(logw_old.dtype)
-        if losses.dim() != 1:
-            losses = losses.reshape(-1)
         if losses.numel() != self.n_models:
             raise ValueError(f"Switch.update expects {self.n_models} losses, got shape {tuple(losses.shape)}")
+        if losses.dim() != 1:
+            losses = losses.reshape(-1)
+        if not on_accelerator_path(logw_old.device):
+            self._update_on_host(losses.tolist(), buffers)
+            return
+        if losses.dtype != logw_old.dtype:
+            losses = losses.to(logw_old.dtype)
         # -loss, a non-finite loss as -inf; its maximum is minus the smallest finite loss
         # (-inf if there is none). Negated so that one reduction (amax) serves here and in
         # the log-sum-exps; -(a - b) == b - a exactly, so the shifted losses are unchanged.
@@ -125,6 +140,25 @@ class Switch(nn.Module):
         torch.where(keep, _logsumexp(logw_old, dim=0), log_posterior, out=log_posterior)
         t_int.add_(1)
 
+    def _update_on_host(self, losses: list[float], buffers) -> None:
+        """:meth:`update`'s recurrence in Python floats, read from and written to the buffers."""
+        logw_old, t_int = buffers["logw"], buffers["t"]
+        neg_losses = [-loss if math.isfinite(loss) else -math.inf for loss in losses]
+        neg_best = max(neg_losses)
+        if neg_best > -math.inf:  # else all copies diverged: the previous state is kept
+            t = float(t_int.item())
+            w0, w1 = ([w + (n - neg_best) for w, n in zip(row, neg_losses)] for row in logw_old.tolist())
+            pool = _lse(w0) - math.log1p(t) - math.log(self.n_models)  # + log pi_t, spread over the copies
+            w0 = [w - math.log1p(1 / t) for w in w0]  # + log(1 - pi_t)
+            w0 = [_logaddexp(w, math.log(self.theta) + pool) for w in w0]
+            w1 = [_logaddexp(w, math.log1p(-self.theta) + pool) for w in w1]
+            total = _lse(w0 + w1)
+            w0, w1 = [w - total for w in w0], [w - total for w in w1]
+            logw_old.copy_(torch.tensor([w0, w1], dtype=torch.float64))
+            log_posterior = [_logaddexp(a, b) for a, b in zip(w0, w1)]
+            buffers["log_posterior"].copy_(torch.tensor(log_posterior, dtype=torch.float64))
+        t_int.add_(1)
+
     def extra_repr(self) -> str:
         return f"n_models={self.n_models}, theta={self.theta}"
 
@@ -139,3 +173,15 @@ def _logsumexp(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     total = (x - top).exp_()
     total = total.sum() if dim is None else total.sum(dim)
     return total.log_().add_(top)
+
+
+def _lse(xs: list[float]) -> float:
+    """``log(sum(exp(x)))`` of Python floats (the maximum is finite: see :func:`_logsumexp`)."""
+    top = max(xs)
+    return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+def _logaddexp(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` of Python floats, ``b`` finite."""
+    top = max(a, b)
+    return top + math.log1p(math.exp(-abs(a - b)))

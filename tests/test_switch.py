@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
+import alrao
 from alrao import Switch
 
 
@@ -64,14 +65,11 @@ def plain_update(sw, losses):
     return logw, torch.where(finite.any(), torch.logsumexp(logw, dim=0), sw.log_posterior)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1, 3, 6, 17])
-def test_update_gives_the_bits_of_the_plain_form(n, dtype):
-    """Non-finite losses, all of them (skipped), huge losses, a large t, losses of another dtype
-    or shape: the same bits as plain_update."""
+def hard_losses(n, steps=80):
+    """Non-finite losses, all of them (an update to skip), huge ones, of two dtypes and shapes, and
+    the step at which t jumps to 2**40."""
     g = torch.Generator().manual_seed(n)
-    sw = Switch(n).to(dtype)
-    for step in range(80):
+    for step in range(steps):
         losses = torch.rand(n, generator=g, dtype=torch.float64) * 10.0 ** (step % 5 * 8 - 8)
         draw = torch.rand(n, generator=g)
         losses[draw < 0.1] = math.inf
@@ -79,14 +77,43 @@ def test_update_gives_the_bits_of_the_plain_form(n, dtype):
         losses[(draw >= 0.15) & (draw < 0.17)] = -math.inf
         if step % 13 == 4:
             losses[:] = math.nan if step % 2 else math.inf
+        losses = losses.float() if step % 2 else losses
+        yield step, losses.reshape(1, n) if step % 3 == 0 else losses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 3, 6, 17])
+def test_the_accelerator_path_update_gives_the_bits_of_the_plain_form(n, dtype):
+    """The device form (few operations): the same bits as plain_update, on hard losses."""
+    sw = Switch(n).to(dtype)
+    for step, losses in hard_losses(n):
         if step == 60:
             sw.t.fill_(2**40)
-        losses = losses.float() if step % 2 else losses
-        losses = losses.reshape(1, n) if step % 3 == 0 else losses
         logw, log_posterior = plain_update(sw, losses)
         t = int(sw.t)
-        sw.update(losses)
+        with alrao.accelerator_path():
+            sw.update(losses)
         assert torch.equal(sw.logw, logw) and torch.equal(sw.log_posterior, log_posterior), step
+        assert sw.logw.dtype == sw.log_posterior.dtype == dtype and int(sw.t) == t + 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 3, 6, 17])
+def test_the_host_path_update_is_the_plain_form_in_double_precision(n, dtype):
+    """The host form (Python floats): plain_update in float64 from the same state and losses,
+    rounded once to the state's dtype."""
+    sw = Switch(n).to(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-7, atol=1e-6)
+    for step, losses in hard_losses(n):
+        if step == 60:
+            sw.t.fill_(2**40)
+        reference = Switch(n).double()
+        reference.load_state_dict(sw.state_dict())
+        logw, log_posterior = plain_update(reference, losses.double())
+        t = int(sw.t)
+        sw.update(losses)
+        torch.testing.assert_close(sw.logw, logw.to(dtype), **tol, msg=f"step {step}")
+        torch.testing.assert_close(sw.log_posterior, log_posterior.to(dtype), **tol, msg=f"step {step}")
         assert sw.logw.dtype == sw.log_posterior.dtype == dtype and int(sw.t) == t + 1
 
 
