@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .device_path import known_all_finite
+from .device_path import known_all
 from .layers import LinearClassifier, LinearClassifierRNN, LinearRegressor
 from .linear_copies import LinearForward, LinearHead, by_copy, linear_copies, linear_forward
 
@@ -277,7 +277,7 @@ class _StackedCopies(torch.autograd.Function):
         z_in, stacked, y_inner, finite = ctx.inner
         ctx.inner = None
         n = finite.numel()
-        masked = not known_all_finite(finite)
+        masked = not known_all(finite)
 
         def keep(g):  # a diverged copy's slice of the gradient set to zero
             if not masked:

@@ -52,7 +52,8 @@ def accelerator_path(enabled: bool = True) -> Iterator[None]:
         _path = previous
 
 
-def known_all_finite(finite: torch.Tensor) -> bool:
-    """Whether the mask ``finite`` is known to be all true without waiting for a device: read on
-    the host path, where it costs nothing; ``False`` on the accelerator path (the masked code)."""
-    return not on_accelerator_path(finite.device) and bool(finite.all())
+def known_all(mask: torch.Tensor) -> bool:
+    """Whether the boolean tensor ``mask`` is known to be all true without waiting for a device
+    (e.g. every copy finite): read on the host path, where it costs nothing; ``False`` on the
+    accelerator path (which then takes the general code: masks applied, scales multiplied)."""
+    return not on_accelerator_path(mask.device) and bool(mask.all())

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from .device_path import known_all_finite, on_accelerator_path
+from .device_path import known_all
 
 
 class LinearHead(NamedTuple):
@@ -44,8 +44,7 @@ class LinearForward(NamedTuple):
 
     y: torch.Tensor  # (T, N, K) outputs (log-probabilities after a log-softmax), float32 at least
     finite: torch.Tensor  # (N,) whether each copy's outputs are all finite
-    x: torch.Tensor  # (T, d) input, as multiplied
-    weight: torch.Tensor  # (N, K, d) stacked weights, as multiplied
+    weight: torch.Tensor  # (N, K, d) stacked weights, as multiplied (the input: layer_input(z))
 
 
 def linear_forward(z, weights, biases, head: LinearHead, low) -> LinearForward:
@@ -69,7 +68,7 @@ def linear_forward(z, weights, biases, head: LinearHead, low) -> LinearForward:
             a = a.float()
         y = torch.log_softmax(a, dim=-1) if head.log_softmax else a
         finite = torch.isfinite(y.view(-1, n * k).sum(dim=0).view(n, k).sum(dim=1))
-    return LinearForward(y, finite, x, weight)
+    return LinearForward(y, finite, weight)
 
 
 def layer_input(z: torch.Tensor, head: LinearHead, low) -> torch.Tensor:
@@ -86,21 +85,14 @@ def by_copy(t: torch.Tensor) -> torch.Tensor:
 def _masks(finite: torch.Tensor):
     """``(masked, keep)``: whether diverged copies must be masked (not known all finite), and
     the ``(1, N, 1)`` mask of the copies kept."""
-    return not known_all_finite(finite), finite.view(1, -1, 1)
-
-
-def _known_ones(scale: torch.Tensor) -> bool:
-    """Whether ``scale`` is known to be all ones without waiting for a device (read on the host
-    path: each copy's loss weighs 1 in a plain ``loss.backward()``), so that scaling by it can be
-    skipped."""
-    return not on_accelerator_path(scale.device) and bool((scale == 1).all())
+    return not known_all(finite), finite.view(1, -1, 1)
 
 
 def _zero(t: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=t.dtype, device=t.device)
 
 
-def _products(pre, mix_scale, fwd: LinearForward, keep, masked, ctx):
+def _products(pre, mix_scale, weight, keep, masked, ctx):
     """``grad_z`` from the pre-activation gradient ``pre`` ``(T, N, K)``, each copy's rows
     scaled by ``mix_scale`` ``(T, N)`` (None: 1): ``sum_j (mix_scale[:, j] * pre[:, j]) @ W_j``.
 
@@ -108,7 +100,7 @@ def _products(pre, mix_scale, fwd: LinearForward, keep, masked, ctx):
     as its input (K <= d), else on the ``(N, T, d)`` products (a word-level decoder, K >> d)."""
     t, n, k = pre.shape
     # A diverged copy's weights may hold NaN or inf: 0 * NaN would leak into z.
-    weight = torch.where(keep.view(n, 1, 1), fwd.weight, _zero(fwd.weight)) if masked else fwd.weight
+    weight = torch.where(keep.view(n, 1, 1), weight, _zero(weight)) if masked else weight
     if mix_scale is None or k <= weight.shape[-1]:
         if mix_scale is not None:
             pre = pre * mix_scale.unsqueeze(2)
@@ -120,19 +112,20 @@ def _products(pre, mix_scale, fwd: LinearForward, keep, masked, ctx):
     return grad.reshape(ctx.z_shape).to(ctx.z_dtype)
 
 
-def _param_grads(pre, fwd: LinearForward, row_scale, copy_scale, param_dtype, needs):
+def _param_grads(pre, x, row_scale, copy_scale, param_dtype, needs):
     """The copies' ``[grad W_1, grad b_1, ...]`` from the pre-activation gradient ``pre``
-    ``(T, N, K)``, its rows scaled by ``row_scale`` ``(T,)`` and each copy's by ``copy_scale``
-    ``(N,)`` (None: 1): two products, as a plain layer's."""
+    ``(T, N, K)`` and their input ``x`` ``(T, d)``, ``pre``'s rows scaled by ``row_scale`` ``(T,)``
+    and each copy's by ``copy_scale`` ``(N,)`` (None: 1): two products, as a plain layer's."""
     t, n, k = pre.shape
     flat = pre.reshape(t, n * k)
     # (scaled in float32, then rounded to the product's dtype once, as autocast rounds its operands)
-    x = fwd.x if row_scale is None else (fwd.x * row_scale.unsqueeze(1)).to(fwd.x.dtype)
+    x = x if row_scale is None else (x * row_scale.unsqueeze(1)).to(x.dtype)
     grad_weight = (flat.t().to(x.dtype) @ x).view(n, k, -1).to(param_dtype)  # (N, K, d)
     with torch.autocast(flat.device.type, enabled=False):  # (a backward run inside autocast)
         grad_bias = (flat.sum(dim=0) if row_scale is None else row_scale.to(flat.dtype) @ flat).view(n, k)
     grad_bias = grad_bias.to(param_dtype)
-    if copy_scale is not None and not _known_ones(copy_scale):
+    # (skipped when known to be ones, on the host path: each copy's loss weighs 1 in a plain backward)
+    if copy_scale is not None and not known_all(copy_scale == 1):
         grad_weight = grad_weight * copy_scale.view(n, 1, 1).to(param_dtype)
         grad_bias = grad_bias * copy_scale.view(n, 1).to(param_dtype)
     grads = [g for pair in zip(grad_weight.unbind(0), grad_bias.unbind(0)) for g in pair]
@@ -153,23 +146,23 @@ class _LinearCopies(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mix, grad_own):
-        fwd = LinearForward(*ctx.saved_tensors)
-        masked, keep = _masks(fwd.finite)
+        y, finite, x, weight = ctx.saved_tensors
+        masked, keep = _masks(finite)
 
         def pre_activation(grad):
             # through the log-softmax, grad - exp(y) * sum(grad), by torch's fused kernel; then
             # zero for diverged copies (NaN from their y)
             grad = by_copy(grad).contiguous()
             if ctx.head.log_softmax:
-                grad = torch._log_softmax_backward_data(grad, fwd.y, -1, fwd.y.dtype)
+                grad = torch._log_softmax_backward_data(grad, y, -1, y.dtype)
             return torch.where(keep, grad, _zero(grad)) if masked else grad
 
         grad_z = None
         if grad_mix is not None and ctx.needs_input_grad[5]:
-            grad_z = _products(pre_activation(grad_mix), None, fwd, keep, masked, ctx)
+            grad_z = _products(pre_activation(grad_mix), None, weight, keep, masked, ctx)
         grads = [None] * (len(ctx.needs_input_grad) - 6)
         if grad_own is not None:
-            grads = _param_grads(pre_activation(grad_own), fwd, None, None, ctx.param_dtype, ctx.needs_input_grad[6:])
+            grads = _param_grads(pre_activation(grad_own), x, None, None, ctx.param_dtype, ctx.needs_input_grad[6:])
         return (None,) * 5 + (grad_z, *grads)
 
 
@@ -189,19 +182,18 @@ class _LinearCopiesNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, low, ignore_index, mixture, probs, log_post, target, y, finite, weight, z, *params):
         ctx.set_materialize_grads(False)
-        t, n, _ = y.shape
-        valid = target != ignore_index
-        index = torch.where(valid, target, 0)
         dtype = torch.promote_types(y.dtype, torch.float32)  # the losses: float32 at least
+        valid = target != ignore_index
         row_scale = valid.to(dtype) / valid.sum()  # (T,) each token's weight in the mean over valid ones
-        picked = y.gather(2, index.view(t, 1, 1).expand(t, n, 1)).squeeze(2).to(dtype)  # (T, N) log p_j(target)
-        mixed_picked = mixture.gather(1, index.unsqueeze(1)).squeeze(1)  # (T,) log p(target), averaged model
+        # -log p(target) of each copy (T, N) and of the averaged model (T,), 0 at ignored tokens
+        neg_picked = copy_nlls(by_copy(y), target, ignore_index).t().to(dtype)
+        neg_mixed = torch.nn.functional.nll_loss(mixture, target, ignore_index=ignore_index, reduction="none")
         with torch.autocast(y.device.type, enabled=False):  # the losses in float32 at least
-            own = -(row_scale @ torch.where(valid.unsqueeze(1), picked, _zero(picked)))
-            mixed = -(row_scale @ torch.where(valid, mixed_picked, _zero(mixed_picked)).to(dtype))
+            own, mixed = row_scale @ neg_picked, row_scale @ neg_mixed.to(dtype)
         # a copy whose loss is not finite trains on nothing (as in AlraoModel.loss's general path)
         trained = finite & torch.isfinite(own)
-        ctx.save_for_backward(y, finite, weight, index, row_scale, picked, mixed_picked, log_post, trained)
+        index = torch.where(valid, target, 0)  # (the backward's one-hot: any class at ignored tokens)
+        ctx.save_for_backward(y, finite, weight, index, row_scale, neg_picked, neg_mixed, log_post, trained)
         ctx.x = layer_input(z.detach(), head, low)  # (not saved: z itself may be the input)
         ctx.probs = probs  # taken over by the first backward (not saved: it writes into it)
         ctx.z_shape, ctx.z_dtype, ctx.param_dtype = z.shape, z.dtype, params[0].dtype
@@ -210,8 +202,8 @@ class _LinearCopiesNLL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mixed, _):
-        y, finite, weight, index, row_scale, picked, mixed_picked, log_post, trained = ctx.saved_tensors
-        fwd, probs = LinearForward(y, finite, ctx.x, weight), ctx.probs
+        y, finite, weight, index, row_scale, neg_picked, neg_mixed, log_post, trained = ctx.saved_tensors
+        x, probs = ctx.x, ctx.probs
         ctx.probs = None  # a second backward (retain_graph=True) makes exp(y) again
         masked, keep = _masks(finite)
         t, n, _ = y.shape
@@ -226,18 +218,37 @@ class _LinearCopiesNLL(torch.autograd.Function):
         grad_z = None
         if grad_mixed is not None and ctx.needs_input_grad[10]:
             # copy j's share of the averaged probability of the target at token t, (T, N)
-            log_share = picked + log_post.to(picked.dtype) - mixed_picked.to(picked.dtype).unsqueeze(1)
+            dtype = neg_picked.dtype
+            log_share = (neg_mixed.to(dtype).unsqueeze(1) - neg_picked).add_(log_post.to(dtype))
             if masked:
                 log_share = log_share.masked_fill(~keep.view(1, n), -torch.inf)
             share = log_share.exp_()
             if masked:  # a token where every copy is left out: no gradient (not NaN)
                 share = share.nan_to_num_(0.0)
-            grad_z = _products(pre, share.mul_((row_scale * grad_mixed).unsqueeze(1)), fwd, keep, masked, ctx)
+            grad_z = _products(pre, share.mul_((row_scale * grad_mixed).unsqueeze(1)), weight, keep, masked, ctx)
         grads = [None] * (len(ctx.needs_input_grad) - 11)
         if grad_mixed is not None:  # each copy's own loss weighs as the returned loss
             copy_scale = torch.where(trained, grad_mixed, _zero(grad_mixed))
-            grads = _param_grads(pre, fwd, row_scale, copy_scale, ctx.param_dtype, ctx.needs_input_grad[11:])
+            grads = _param_grads(pre, x, row_scale, copy_scale, ctx.param_dtype, ctx.needs_input_grad[11:])
         return (None,) * 10 + (grad_z, *grads)
+
+
+def copy_nlls(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``(N, T)``: each copy's ``-log p_j(target_t)`` from its log-probabilities ``(N, T, K)``, 0 where
+    the target is ``ignore_index``, by one ``nll_loss``. Read in the tensor's memory order, copy-minor
+    (the built-in layers' ``(T, N, K)``) or copy-major, without copying it."""
+    n, t, k = log_probs.shape
+    nll = torch.nn.functional.nll_loss
+    if log_probs.transpose(0, 1).is_contiguous():  # copy-minor memory
+        rows = nll(
+            log_probs.transpose(0, 1).reshape(t * n, k),
+            target.repeat_interleave(n),
+            reduction="none",
+            ignore_index=ignore_index,
+        )
+        return by_copy(rows.view(t, n))
+    rows = nll(log_probs.reshape(n * t, k), target.repeat(n), reduction="none", ignore_index=ignore_index)
+    return rows.view(n, t)
 
 
 def linear_copies_nll(head, low, fwd: LinearForward, z, params, mixture, probs, log_post, target, ignore_index):

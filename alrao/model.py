@@ -37,10 +37,10 @@ from torch import nn
 
 from .copies import evaluate_copies
 from .deprecated import classifier_lrs  # noqa: F401  (its old home: alrao.model.classifier_lrs)
-from .device_path import on_accelerator_path
+from .device_path import known_all, on_accelerator_path
 from .distributed import average_copy_losses
 from .likelihood import GaussianNLL, copy_log_likelihoods, mixture_mean
-from .linear_copies import linear_copies_nll
+from .linear_copies import copy_nlls, linear_copies_nll
 from .mixture import LogMixture
 from .switch import Switch
 
@@ -190,10 +190,14 @@ class AlraoModel(nn.Module):
         ``exp(y)`` where it was made (see ``alrao/mixture.py``), else None; and the ``(N,)``
         log-posterior used."""
         shape = (self.n_classifiers,) + (1,) * (y.dim() - 1)
+        # (a copy: the switch's update writes into its buffer, and the fused NLL's backward reads this)
+        log_post = self.switch.log_posterior.to(y.dtype, copy=True)
+        if known_all(finite):  # the switch's posterior as it is (normalised by its update)
+            return *LogMixture.apply(y, log_post.reshape(shape), None, hand_over), log_post
         neg_inf = torch.full((), -math.inf, dtype=y.dtype, device=y.device)
-        log_post = torch.where(finite, self.switch.log_posterior.to(y.dtype), neg_inf)
-        log_post = (log_post - torch.logsumexp(log_post, dim=0)).reshape(shape)
-        return *LogMixture.apply(y, log_post, finite.reshape(shape), hand_over), log_post.view(-1)
+        log_post = torch.where(finite, log_post, neg_inf)
+        log_post = log_post - torch.logsumexp(log_post, dim=0)
+        return *LogMixture.apply(y, log_post.reshape(shape), finite.reshape(shape), hand_over), log_post
 
     def _check_finite(self, out: torch.Tensor) -> None:
         out = out.detach()
@@ -202,7 +206,7 @@ class AlraoModel(nn.Module):
         # A finite sum proves every element finite in one read (the elementwise test is several
         # passes over the pre-classifier output); a non-finite one may be an overflow of huge
         # finite values, so the elementwise test decides.
-        elif not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
+        elif not math.isfinite(out.sum().item()) and not torch.isfinite(out).all():
             self._raise_nonfinite()
 
     def _check_log_probs(self, y: torch.Tensor, finite: torch.Tensor) -> None:
@@ -349,15 +353,16 @@ class AlraoModel(nn.Module):
         )
 
     def _copy_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each copy's loss, shape ``(N,)``: one gather for a plain ``nn.NLLLoss``
+        """Each copy's loss, shape ``(N,)``: one ``nll_loss`` for a plain ``nn.NLLLoss``
         (the common case), else one loss call per copy."""
         fn = self.loss_fn
         if self._plain_nll() and outputs.dim() == 3 and target.dim() == 1:
-            valid = target != fn.ignore_index
-            index = torch.where(valid, target, 0).view(1, -1, 1).expand(outputs.shape[0], -1, 1)
-            picked = outputs.gather(2, index).squeeze(2)
-            zero = torch.zeros((), dtype=picked.dtype, device=picked.device)
-            return -torch.where(valid, picked, zero).sum(dim=1) / valid.sum()
+            if target.shape[0] != outputs.shape[1]:
+                raise ValueError(
+                    f"AlraoModel.loss: {target.shape[0]} targets for the {outputs.shape[1]} outputs of the last "
+                    "forward: the copies' losses are taken on its whole batch (pass its output and targets)"
+                )
+            return copy_nlls(outputs, target, fn.ignore_index).sum(dim=1) / (target != fn.ignore_index).sum()
         return torch.stack([fn(y, target) for y in outputs.unbind(0)])
 
     def update_switch(self, process_group=None) -> None:

@@ -97,7 +97,8 @@ def test_the_fused_nll_is_taken_only_for_the_forwards_own_output(monkeypatch):
     m.loss(out, y)
     assert calls == [1]
     m.loss(out.clone(), y)
-    m.loss(out[:4], y[:4])
+    with pytest.raises(ValueError, match="4 targets for the 8 outputs of the last forward"):
+        m.loss(out[:4], y[:4])  # the copies' losses are the whole batch's (they used to read its first rows)
     m.loss_fn = nn.NLLLoss(weight=torch.ones(3))  # class weights: not the plain NLL
     m.loss(out, y)
     assert calls == [1]
