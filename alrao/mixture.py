@@ -58,13 +58,15 @@ class LogMixture(torch.autograd.Function):
         masked = finite is not None
         if not masked:
             # Host path, every copy in: first without the log-sum-exp's shift, kept when no sum
-            # overflowed nor came near underflow. A term that underflowed is then below
-            # sqrt(tiny) of its sum (~1e-19 in float32), far below rounding.
+            # overflowed nor came within 1 / eps of underflow (float32: 2**-103, log -71.4). A
+            # term that underflowed is off by at most tiny * eps (2**-149, the subnormals'
+            # spacing), so by N * eps**2 relative to its sum, far below rounding (eps).
             p = torch.exp(y)
             post = log_post.reshape(-1).exp()
             total = _weighted_sum(p, post)
             low, high = torch.aminmax(total)
-            if low.item() >= math.sqrt(torch.finfo(total.dtype).tiny) and high.item() < math.inf:
+            info = torch.finfo(total.dtype)
+            if low.item() >= info.tiny / info.eps and high.item() < math.inf:
                 ctx.save_for_backward(y if hand_over else p, post, total)
                 ctx.made_again = hand_over
                 if not hand_over:

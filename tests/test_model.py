@@ -124,10 +124,13 @@ def test_the_accelerator_path_with_masks_equals_the_cpu_path(diverged):
     assert all(torch.isfinite(g).all() for g in fast)
 
 
-@pytest.mark.parametrize("offset", [0.0, -200.0, 200.0], ids=["log-probs", "underflow", "overflow"])
+@pytest.mark.parametrize(
+    "offset", [0.0, -60.0, -95.0, -200.0, 200.0], ids=["log-probs", "small", "near-underflow", "underflow", "overflow"]
+)
 def test_the_mixture_equals_logsumexp_with_or_without_its_shift(offset):
     """The host path first tries the mixture without the log-sum-exp's shift; sums that underflow
-    (every copy's probability tiny) or overflow (large log-likelihoods) fall back to the shift."""
+    or come near it (every copy's probability tiny: below 2**-103 in float32) or overflow (large
+    log-likelihoods) fall back to the shift. Small sums above that keep float32's precision."""
     from alrao.mixture import LogMixture
 
     torch.manual_seed(0)
@@ -141,6 +144,8 @@ def test_the_mixture_equals_logsumexp_with_or_without_its_shift(offset):
     (g64,) = torch.autograd.grad(ref, y64, grad.double())
     torch.testing.assert_close(out, ref.float())
     torch.testing.assert_close(g, g64.float())
+    _, p = LogMixture.apply(y.detach(), log_post, None, True)  # p: exp(y), made by the unshifted form only
+    assert (p is not None) == (offset in (0.0, -60.0))
 
 
 @pytest.mark.parametrize("mask", [[1, 1, 1], [1, 0, 1], [0, 0, 0]], ids=["all", "one-left-out", "none"])
