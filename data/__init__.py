@@ -15,8 +15,9 @@ Missing, unreachable or corrupted data raise :class:`DataError`, with a
 one-line message saying where the loader looked and how to get the files.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from experiment.lazy import lazy_package
 
 from .errors import DataError
 
@@ -82,8 +83,7 @@ def get_image_loaders(
     return train, valid, test, splits.n_classes
 
 
-# The names below need torch: they are imported on first use (PEP 562), so that a script's
-# parser, hence its --help, is built without torch (tests/test_help.py).
+# The names below need torch: imported on first use (experiment.lazy.lazy_package).
 _LAZY = {
     **dict.fromkeys(("CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"), "cifar10"),
     **dict.fromkeys(("ImageSet", "ImageSplits"), "images"),
@@ -92,24 +92,7 @@ _LAZY = {
     **dict.fromkeys(("EOS", "Corpus", "Dictionary", "batchify", "get_batch", "get_corpus"), "text"),
 }
 
-
-def __getattr__(name: str):
-    """A torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_package(__name__, _LAZY)
 
 
 __all__ = [

@@ -6,8 +6,6 @@ checkpoints, early stopping and resume, the training loop's shared part
 principle 2). Each script keeps its own training step.
 """
 
-import importlib
-
 from .early_stopping import EarlyStopping
 from .errors import one_line_errors, start_up
 from .flags import (
@@ -29,13 +27,12 @@ from .flags import (
     unused_data_path,
     used_only_with,
 )
-from .lazy import LazyModule
+from .lazy import LazyModule, lazy_package
 from .optimizer_hooks import OptimizerHooks
 from .optimizers import OPTIMIZERS, MissingPackage, OptimizerSpec, build_optimizer, build_optimizer_hooks
 from .report import format_config, format_copies, format_epoch
 
-# The names below need torch: they are imported on first use (PEP 562), so that a script's
-# parser, hence its --help, is built without torch (tests/test_help.py).
+# The names below need torch: imported on first use (experiment.lazy.lazy_package).
 _LAZY = {
     **dict.fromkeys(["Ranks"], "distributed"),
     **dict.fromkeys(
@@ -53,24 +50,7 @@ _LAZY = {
     ),
 }
 
-
-def __getattr__(name: str):
-    """A torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_package(__name__, _LAZY)
 
 
 __all__ = [

@@ -1,6 +1,8 @@
 """Modules imported on first use, so that a script's ``--help`` answers without importing torch."""
 
 import importlib
+import sys
+from collections.abc import Callable
 
 
 class LazyModule:
@@ -19,6 +21,37 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+def lazy_package(package: str, lazy: dict[str, str], **computed: Callable[[], object]):
+    """``(__getattr__, __dir__)`` of the package ``package`` (its ``__name__``, PEP 562).
+
+    A name of ``lazy`` is imported from the submodule it maps to at its first read, then kept in
+    the package's namespace: the packages ``data``, ``experiment`` and ``models`` hold their
+    torch-using names this way, so that a script's parser, hence its ``--help``, is built without
+    torch (tests/test_help.py). A name of ``computed`` reads as its function's value; any other
+    public name as a submodule, imported at its first read.
+    """
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str):
+        if name in computed:
+            return computed[name]()
+        if name in lazy:
+            value = namespace[name] = getattr(importlib.import_module(f".{lazy[name]}", package), name)
+            return value
+        if not name.startswith("_"):
+            try:
+                return importlib.import_module(f".{name}", package)
+            except ModuleNotFoundError as error:
+                if error.name != f"{package}.{name}":
+                    raise
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted({*namespace, *lazy, *computed})
+
+    return __getattr__, __dir__
 
 
 # The modules the scripts hold this way, one object each, so that every script imports the same

@@ -13,7 +13,7 @@ its output, the input width of the classifier copies::
 constructors ``ctor(size_multiplier=1)``.
 """
 
-import importlib
+from experiment.lazy import lazy_package
 
 #: The command-line names of the CIFAR-10 pre-classifiers, the keys of :data:`MODELS`, spelled out
 #: so that --help needs no torch (tests/test_help.py keeps them equal).
@@ -41,8 +41,7 @@ def build_preclassifier(name: str, size_multiplier=1):
     return registry[name](size_multiplier)
 
 
-# The names below need torch: they are imported on first use (PEP 562), so that a script's
-# parser, hence its --help, is built without torch (tests/test_help.py).
+# The names below need torch: imported on first use (experiment.lazy.lazy_package).
 _LAZY = {
     **dict.fromkeys(("GoogLeNet",), "googlenet"),
     **dict.fromkeys(("MobileNetV2",), "mobilenetv2"),
@@ -63,27 +62,7 @@ def min_size_multiplier(name: str) -> float:
     return 1 / NARROWEST_WIDTH[name]
 
 
-def __getattr__(name: str):
-    """``MODELS``, a torch-using name of :data:`_LAZY`, or a submodule, imported on first use."""
-    if name == "MODELS":
-        return _models()
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), "MODELS", *_LAZY})
+__getattr__, __dir__ = lazy_package(__name__, _LAZY, MODELS=_models)
 
 
 __all__ = [
