@@ -8,6 +8,7 @@ interleaved in one process (A, B, A, B, ...), and the medians are compared.
     python benchmarks/step_overhead.py                      # every setting, CPU
     python benchmarks/step_overhead.py --settings lstm-char --steps 50
     python benchmarks/step_overhead.py --device cuda
+    python benchmarks/step_overhead.py --settings lstm-char --phases   # where the difference lies
 
 The "floor" column is the plain step of the same network whose decoder does the
 copies' arithmetic: one Linear with N x K outputs, a log-softmax over each of
@@ -140,26 +141,44 @@ def _forced_loop():
         alrao.copies._stacking_obstacle = real
 
 
-def train_step(model, optimizer, inputs, target, loss_fn=None, dtype=None) -> None:
+#: The phases of a training step, as train_step marks them.
+PHASES = ("forward", "loss", "zero_grad", "backward", "step", "switch")
+
+
+def train_step(model, optimizer, inputs, target, loss_fn=None, dtype=None, marks=None) -> None:
     """One training step: forward and loss (under ``torch.autocast`` in ``dtype`` when given),
     backward, optimizer step. ``loss_fn`` None: an Alrao model, its own loss and then its switch
-    update. The step every benchmark here (and gpu_check.py) times."""
+    update. The step every benchmark here (and gpu_check.py) times. ``marks``: a list to which the
+    clock's reading is appended before the step and after each of its :data:`PHASES` (CPU only:
+    on a GPU the phases overlap)."""
+
+    def mark():
+        if marks is not None:
+            marks.append(_clock())
+
     amp = torch.autocast(target.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    mark()
     with amp:
         out = model(*inputs)
+        mark()
         out = out[0] if isinstance(out, tuple) else out
         loss = model.loss(out, target) if loss_fn is None else loss_fn(out, target)
+    mark()
     optimizer.zero_grad()
+    mark()
     loss.backward()
+    mark()
     optimizer.step()
+    mark()
     if loss_fn is None:
         model.update_switch()
+    mark()
 
 
-def build(name, device, variant):
+def build(name, device, variant, marks=None):
     """One step of ``variant``: 'plain', 'floor', 'alrao', 'alrao-builtin' (the built-in
     classifier class in place of a user's) or 'alrao-loop' (a user's class with its copies
-    called one by one, the fallback for what vmap cannot batch)."""
+    called one by one, the fallback for what vmap cannot batch). ``marks``: as in train_step."""
     make, cls, cargs, n, inputs, target = setting(name, device)
     one_by_one = variant == "alrao-loop"
     if variant == "alrao-builtin":
@@ -179,9 +198,9 @@ def build(name, device, variant):
             if one_by_one:  # the fallback path, forced (its one warning silenced)
                 with warnings.catch_warnings(), _forced_loop():
                     warnings.simplefilter("ignore")
-                    train_step(model, opt, inputs, target)
+                    train_step(model, opt, inputs, target, marks=marks)
             else:
-                train_step(model, opt, inputs, target)
+                train_step(model, opt, inputs, target, marks=marks)
     else:
         floor = variant == "floor"
         model = Plain(pre, FloorHead(width, cargs[0], n) if floor else cls(width, *cargs)).to(device)
@@ -191,7 +210,7 @@ def build(name, device, variant):
             return n * loss_fn(out.reshape(-1, out.shape[-1]), target.repeat_interleave(n))
 
         def step():
-            train_step(model, opt, inputs, target, floor_loss if floor else loss_fn)
+            train_step(model, opt, inputs, target, floor_loss if floor else loss_fn, marks=marks)
 
     return step
 
@@ -238,6 +257,28 @@ def measure(steps, n_steps, warmup, device):
     return [statistics.median(t) for t in times]
 
 
+def measure_phases(name, device, n_steps, warmup):
+    """The median time of each of :data:`PHASES` in the floor's and Alrao's steps of ``name``,
+    alternated: ``{'floor': [seconds per phase], 'alrao': [...]}``."""
+    marks = {variant: [] for variant in ("floor", "alrao")}
+    steps = {variant: build(name, device, variant, marks[variant]) for variant in marks}
+    times = {variant: [[] for _ in PHASES] for variant in marks}
+    for i in range(warmup + n_steps):
+        for variant, step in steps.items():
+            marks[variant].clear()
+            step()
+            if i >= warmup:
+                for k, (start, end) in enumerate(zip(marks[variant], marks[variant][1:])):
+                    times[variant][k].append(end - start)
+    return {variant: [statistics.median(t) for t in phases] for variant, phases in times.items()}
+
+
+def print_phases(name, medians) -> None:
+    floor, alrao = medians["floor"], medians["alrao"]
+    for phase, f, a in zip((*PHASES, "total"), (*floor, sum(floor)), (*alrao, sum(alrao))):
+        print(f"{name:<14} {phase:<10} {1e3 * f:>9.2f} {1e3 * a:>9.2f} {1e3 * (a - f):>+9.2f}", flush=True)
+
+
 def add_timing_flags(parser: argparse.ArgumentParser) -> None:
     """``--threads`` and ``--clock``, the same in every benchmark that times steps."""
     parser.add_argument(
@@ -272,8 +313,16 @@ def main(argv=None):
         action="store_true",
         help="leave glibc's allocator as it is (default: keep freed memory, as the scripts do)",
     )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="time each phase of the floor's and Alrao's steps (forward, loss, zero_grad, backward, "
+        "step, switch) instead of whole steps; CPU only",
+    )
     add_timing_flags(parser)
     args = parser.parse_args(argv)
+    if args.phases and args.device != "cpu":
+        parser.error(f"--phases times the phases of a CPU step (on {args.device} they overlap): use --device cpu")
     global _clock
     _clock = apply_timing_flags(parser, args, torch.device(args.device))
     kept = False if args.system_malloc else experiment.keep_freed_memory()
@@ -282,6 +331,11 @@ def main(argv=None):
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock} "
         f"steps={args.steps} (median) malloc={'keeps freed memory' if kept else 'system default'}"
     )
+    if args.phases:
+        print(f"{'setting':<14} {'phase':<10} {'floor ms':>9} {'alrao ms':>9} {'alrao-floor':>9}")
+        for name in args.settings:
+            print_phases(name, measure_phases(name, device, args.steps, args.warmup))
+        return
     print(
         f"{'setting':<14} {'copies':>6} {'plain ms':>9} {'floor ms':>9} {'alrao ms':>9} "
         f"{'/plain':>7} {'/floor':>7}  notes"
