@@ -44,7 +44,7 @@ class LinearForward(NamedTuple):
 
     y: torch.Tensor  # (T, N, K) outputs (log-probabilities after a log-softmax), float32 at least
     finite: torch.Tensor  # (N,) whether each copy's outputs are all finite
-    weight: torch.Tensor  # (N, K, d) stacked weights, as multiplied (the input: layer_input(z))
+    weight: torch.Tensor  # (N, K, d) stacked weights in the product's dtype; their input is layer_input(z)
 
 
 def linear_forward(z, weights, biases, head: LinearHead, low) -> LinearForward:

@@ -47,9 +47,8 @@ class LogMixture(torch.autograd.Function):
 
     ``finite``: ``(N, 1, ...)`` mask of the copies kept, or None when every copy is known to be
     finite (:func:`alrao.device_path.known_all`). ``log_post``: ``(N, 1, ...)`` log-posterior,
-    normalised over the finite copies. The gradient with respect to ``y_j`` is copy ``j``'s
-    share of the averaged probability,
-    ``post_j exp(y_j) / exp(out)``, times the incoming gradient.
+    normalised over the finite copies. The gradient with respect to ``y_j`` is the incoming
+    gradient times copy ``j``'s share of the averaged probability, ``post_j exp(y_j) / exp(out)``.
     """
 
     @staticmethod
