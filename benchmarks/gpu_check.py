@@ -165,7 +165,10 @@ def subprocess_part(argv: list[str], timeout_s: float) -> tuple[bool, dict | str
         if line.startswith(RESULT):
             return done.returncode == 0, json.loads(line[len(RESULT) :]), seconds
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return False, f"exit status {done.returncode}: {lines[-1].strip() if lines else 'no output'}", seconds
+    last = lines[-1].strip() if lines else "no output"
+    if done.returncode == 0:  # a part without a result line (pytest): its last line says how it went
+        return True, last, seconds
+    return False, f"exit status {done.returncode}: {last}", seconds
 
 
 def test_files() -> list[str]:
@@ -196,7 +199,7 @@ def describe(part: str, ok: bool, result) -> str:
     if not ok:
         return f"FAILED: {result}"
     if part == "tests":
-        return "passed"
+        return result if isinstance(result, str) else "passed"  # pytest's summary line
     if part == "sync":
         return f"no host sync in {len(result['checked'])} settings"
     if part == "epoch":

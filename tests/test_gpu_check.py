@@ -51,6 +51,7 @@ def test_a_failing_or_hanging_part_is_reported_and_the_others_go_on(monkeypatch,
     rows = [
         ("sync", "fails", [*python, "import sys; print('boom'); sys.exit(3)"], 30),
         ("tests", "hangs", [*python, "import time; time.sleep(60)"], 1),
+        ("tests", "passes", [*python, "print('collected 3 items'); print('3 passed in 0.01s')"], 30),
         ("epoch", "works", [*python, ok], 30),
         ("bench", "too late", [*python, "import time; time.sleep(60)"], 60),
     ]
@@ -59,6 +60,7 @@ def test_a_failing_or_hanging_part_is_reported_and_the_others_go_on(monkeypatch,
     table = capsys.readouterr().out.split("| part | setting | result | s |")[1]
     assert "| sync | fails | FAILED: exit status 3: boom |" in table
     assert "| tests | hangs | FAILED: timed out after 1 s |" in table
+    assert "| tests | passes | 3 passed in 0.01s |" in table  # no result line: pytest's last line
     assert "| epoch | works | 1.5 s on cpu, valid loss 2.000 |" in table
     assert "| bench | too late | not run: the time budget is spent |" in table  # 7 s - 3 s: under 5 s left
 
