@@ -12,7 +12,10 @@ of time is reported in the table and the others go on):
    float32 and bf16 autocast, a CNN and the char LSTM): any host synchronisation fails the row.
 3. epoch: a 1-epoch ``main_cnn.py`` Alrao run on ``fake`` data (5,000 images; on CUDA the
    device-resident loader); its wall time.
-4. bench: the step-overhead benchmark's Alrao/SGD ratio on CUDA for the four paper CNNs and the
+4. ops: the kernels a plain, floor and Alrao step launch (``benchmarks/op_count.py``), for the
+   small CNN and the char LSTM, and the kernels Alrao adds most: where a launch-bound step's
+   overhead comes from, for whoever tunes the accelerator path next.
+5. bench: the step-overhead benchmark's Alrao/SGD ratio on CUDA for the four paper CNNs and the
    char LSTM, float32 and bf16 autocast, eager then compiled (``model.compile()``), as far as
    the time budget goes (rows not reached say so). The design's GPU target: ratio <= 1.05.
 
@@ -128,10 +131,28 @@ def part_epoch(device: str, out_dir: str) -> dict:
     return {"epoch_s": summary["wall_time_s"], "device": config["device"], "valid_loss": summary["valid_loss"]}
 
 
+OPS_SETTINGS = ("cnn-small", "lstm-char")
+
+
+def part_ops(device: str) -> dict:
+    """Kernels per step (on a CPU: top-level aten operations of the accelerator path) of the plain,
+    floor and Alrao steps, and the ones Alrao adds most, for :data:`OPS_SETTINGS`."""
+    import torch
+
+    from benchmarks import op_count
+
+    result = {}
+    for setting in OPS_SETTINGS:
+        counts = op_count.count_setting(setting, torch.device(device), on_accelerator_path=True)
+        result[setting] = {v: sum(counts[v].values()) for v in op_count.VARIANTS}
+        result[setting]["most_added"] = op_count.most_added(counts["alrao"], counts["floor"], top=4)
+    return result
+
+
 def run_part(argv: list[str]) -> None:
     """Entry of a part's subprocess: run it, print its result as one JSON line."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=("bench", "sync", "epoch"))
+    parser.add_argument("part", choices=("bench", "sync", "epoch", "ops"))
     parser.add_argument("--setting", default="VGG19")
     parser.add_argument("--amp", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--compiled", action="store_true")
@@ -144,6 +165,8 @@ def run_part(argv: list[str]) -> None:
         result = part_bench(args.setting, args.amp, args.compiled, args.device, args.steps, args.warmup)
     elif args.part == "sync":
         result = part_sync(args.device, args.steps)
+    elif args.part == "ops":
+        result = part_ops(args.device)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             result = part_epoch(args.device, args.out_dir or str(Path(tmp) / "run"))
@@ -183,6 +206,7 @@ def plan(device: str, quick: bool) -> list[tuple[str, str, list[str], float]]:
         ("tests", " ".join(test_files()), [sys.executable, "-m", "pytest", "-q", "-x", *test_files()], 150),
         ("sync", "Alrao steps, sync_debug_mode error", [*me, "sync", "--device", device, "--steps", "3"], 60),
         ("epoch", "main_cnn.py fake, 1 epoch, Alrao VGG19", [*me, "epoch", "--device", device], 90),
+        ("ops", "kernels per step, fp32 eager", [*me, "ops", "--device", device], 60),
     ]
     steps = ["--steps", "2", "--warmup", "1"] if quick else ["--steps", "20", "--warmup", "5"]
     settings = ("cnn-small",) if quick else BENCH_SETTINGS
@@ -204,6 +228,12 @@ def describe(part: str, ok: bool, result) -> str:
         return f"no host sync in {len(result['checked'])} settings"
     if part == "epoch":
         return f"{result['epoch_s']:.1f} s on {result['device']}, valid loss {result['valid_loss']:.3f}"
+    if part == "ops":
+        counts = "; ".join(
+            f"{s} plain {r['plain']:.0f}, floor {r['floor']:.0f}, Alrao {r['alrao']:.0f}" for s, r in result.items()
+        )
+        added = ", ".join(f"{name[:40]} +{n:g}" for name, n in result[OPS_SETTINGS[-1]]["most_added"])
+        return f"{counts}; most added ({OPS_SETTINGS[-1]}): {added}"
     verdict = "meets" if result["ratio"] <= TARGET else "misses"
     return (
         f"plain {result['plain_ms']:.2f} ms, Alrao {result['alrao_ms']:.2f} ms, "

@@ -4,8 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import op_count  # noqa: E402
 import optim_step  # noqa: E402
 import step_overhead  # noqa: E402
 
@@ -45,4 +47,33 @@ def test_optim_step_times_torch_and_alrao(capsys, optimizer):
 def test_bad_arguments_exit_2():
     with pytest.raises(SystemExit) as exit_info:
         optim_step.main(["--steps", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_op_count_counts_the_top_level_aten_operations_of_a_step():
+    x, w = torch.randn(4, 3), torch.randn(2, 3)
+
+    def step():  # linear calls t and matmul (and mm): counted once, as aten::linear
+        (x + 1).sum()
+        torch.nn.functional.linear(x, w)
+
+    counts = op_count.count_ops(step, torch.device("cpu"), steps=2, warmup=1)
+    assert counts == {"aten::add": 1, "aten::sum": 1, "aten::linear": 1}
+
+
+def test_op_count_names_what_alrao_adds_over_the_floor(capsys):
+    op_count.main(["--settings", "lstm-char", "--steps", "1"])
+    op_count.main(["--settings", "lstm-char", "--steps", "1", "--accelerator_path"])
+    out = capsys.readouterr().out
+    host, accelerator = (
+        [float(v) for v in line.split()[1:4]] for line in out.splitlines() if line.startswith("lstm-char")
+    )
+    assert "path=host" in out and "path=accelerator" in out and out.count("most added: aten::") == 2
+    assert host[0] <= host[1] < host[2] and accelerator[:2] == host[:2]  # the plain steps have no Alrao path
+    assert accelerator[2] > host[2]  # no host read: masks and checks on the device, the switch too
+
+
+def test_op_count_bad_arguments_exit_2():
+    with pytest.raises(SystemExit) as exit_info:
+        op_count.main(["--steps", "0"])
     assert exit_info.value.code == 2

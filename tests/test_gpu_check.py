@@ -36,9 +36,17 @@ def test_the_epoch_part_runs_on_a_cpu(tmp_path):
     assert result["device"].startswith("cpu") and result["epoch_s"] > 0
 
 
+def test_the_ops_part_counts_the_accelerator_paths_operations_on_a_cpu():
+    result = gpu_check.part_ops("cpu")
+    assert set(result) == set(gpu_check.OPS_SETTINGS)
+    for counts in result.values():
+        assert 0 < counts["plain"] <= counts["floor"] < counts["alrao"] and counts["most_added"]
+    assert "lstm-char plain" in gpu_check.describe("ops", True, result)
+
+
 def test_the_plan_has_every_part_and_every_benchmark_row():
     rows = gpu_check.plan("cuda", quick=False)
-    assert [r[0] for r in rows[:3]] == ["tests", "sync", "epoch"]
+    assert [r[0] for r in rows[:4]] == ["tests", "sync", "epoch", "ops"]
     bench = [r[1] for r in rows if r[0] == "bench"]
     assert len(bench) == 5 * 2 * 2 and bench[0] == "VGG19 fp32 eager" and bench[-1] == "lstm-char bf16 compiled"
     assert "tests/test_on_cuda.py" in rows[0][2] and "tests/test_cuda_paths.py" in rows[0][2]
