@@ -101,19 +101,34 @@ def part_sync(device: str, steps: int) -> dict:
                 model = model.to(device)
                 optimizer = optimizer_cls(model, 1e-5, 1.0)
                 name = f"{setting}/{optimizer_cls.__name__}/{'bf16' if dtype else 'fp32'}"
-                for i in range(steps + 2):  # two warm-up steps: lazy state, allocator
-                    if i == 2 and device.type == "cuda":
-                        torch.cuda.synchronize()
-                        torch.cuda.set_sync_debug_mode("error")
-                    try:
-                        step_overhead.train_step(model, optimizer, inputs, target, dtype=dtype)
-                    except RuntimeError as error:
-                        raise RuntimeError(f"{name}: {str(error).splitlines()[0]}") from None
-                    finally:
-                        if device.type == "cuda":
-                            torch.cuda.set_sync_debug_mode("default")
+
+                def step(model=model, optimizer=optimizer, inputs=inputs, target=target, dtype=dtype):
+                    step_overhead.train_step(model, optimizer, inputs, target, dtype=dtype)
+
+                try:
+                    steps_without_sync(step, device, steps)
+                except RuntimeError as error:
+                    raise RuntimeError(f"{name}: {str(error).splitlines()[0]}") from None
                 checked.append(name)
     return {"checked": checked}
+
+
+def steps_without_sync(step, device, steps: int, warmup: int = 2) -> None:
+    """``warmup`` steps (lazy state, the allocator), then ``steps`` steps each under
+    ``torch.cuda.set_sync_debug_mode('error')`` on CUDA (a host synchronisation raises), the mode
+    set back to default after each."""
+    import torch
+
+    for i in range(warmup + steps):
+        checked = i >= warmup and device.type == "cuda"
+        if checked:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            if checked:
+                torch.cuda.set_sync_debug_mode("default")
 
 
 def part_epoch(device: str, out_dir: str) -> dict:

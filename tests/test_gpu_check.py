@@ -44,6 +44,19 @@ def test_the_ops_part_counts_the_accelerator_paths_operations_on_a_cpu():
     assert "lstm-char plain" in gpu_check.describe("ops", True, result)
 
 
+def test_every_step_after_the_warm_up_runs_under_the_sync_error_mode(monkeypatch):
+    import torch
+
+    mode, seen = ["default"], []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: mode.__setitem__(0, m))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    gpu_check.steps_without_sync(lambda: seen.append(mode[0]), torch.device("cuda"), steps=3)
+    assert seen == ["default", "default", "error", "error", "error"] and mode == ["default"]
+    seen.clear()
+    gpu_check.steps_without_sync(lambda: seen.append(mode[0]), torch.device("cpu"), steps=3)
+    assert seen == ["default"] * 5
+
+
 def test_the_plan_has_every_part_and_every_benchmark_row():
     rows = gpu_check.plan("cuda", quick=False)
     assert [r[0] for r in rows[:4]] == ["tests", "sync", "epoch", "ops"]
