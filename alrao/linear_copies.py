@@ -132,6 +132,14 @@ def _param_grads(pre, x, row_scale, copy_scale, param_dtype, needs):
     return [g if need else None for g, need in zip(grads, needs)]
 
 
+# torch 2.11 and older: the backward that inductor compiles fails ("TypeError: expected Tensor()")
+# when it gets no gradient for a graph output that is a view of a tensor made in the graph. The
+# copies' own outputs are such a view, and get no gradient when the fused NLL trains the copies
+# (it reads ``y``, not them). Under torch.compile those versions get them as a copy instead (one
+# more write of the outputs); torch 2.12 compiles the view.
+_OWN_OUTPUTS_COPIED_WHEN_COMPILED = torch.__version__ < "2.12"
+
+
 class _LinearCopies(torch.autograd.Function):
     """``(y_mix, y_own)``: the copies' outputs ``(N, T, K)`` twice; a gradient through
     ``y_mix`` goes to ``z``, one through ``y_own`` to the copies' parameters."""
@@ -142,7 +150,10 @@ class _LinearCopies(torch.autograd.Function):
         # (x is made again from z here: a Function traced by torch.compile takes no tensor twice)
         ctx.save_for_backward(y, finite, layer_input(z.detach(), head, low), weight)
         ctx.head, ctx.z_shape, ctx.z_dtype, ctx.param_dtype = head, z.shape, z.dtype, params[0].dtype
-        return by_copy(y), by_copy(y.detach())
+        own = by_copy(y.detach())
+        if _OWN_OUTPUTS_COPIED_WHEN_COMPILED and torch.compiler.is_compiling():
+            own = own.clone()
+        return by_copy(y), own
 
     @staticmethod
     def backward(ctx, grad_mix, grad_own):
