@@ -132,11 +132,12 @@ def _param_grads(pre, x, row_scale, copy_scale, param_dtype, needs):
     return [g if need else None for g, need in zip(grads, needs)]
 
 
-# torch 2.11 and older: the backward that inductor compiles fails ("TypeError: expected Tensor()")
-# when it gets no gradient for a graph output that is a view of a tensor made in the graph. The
-# copies' own outputs are such a view, and get no gradient when the fused NLL trains the copies
-# (it reads ``y``, not them). Under torch.compile those versions get them as a copy instead (one
-# more write of the outputs); torch 2.12 compiles the view.
+# torch 2.11 (older releases untried, so treated alike): the backward that inductor compiles
+# fails ("TypeError: expected Tensor()") when it gets no gradient for a graph output that is a
+# view of a tensor made in the graph. The copies' own outputs are such a view, and get no
+# gradient when the fused NLL trains the copies (it reads ``y``, not them). Under torch.compile
+# those versions get them as a copy instead (one more write of the outputs); torch 2.12, 2.13
+# and 2.14 compile the view.
 _OWN_OUTPUTS_COPIED_WHEN_COMPILED = torch.__version__ < "2.12"
 
 
