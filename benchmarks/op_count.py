@@ -61,12 +61,16 @@ def count_ops(step, device: torch.device, steps: int = 3, warmup: int = 3) -> co
             step()
         if cuda:
             torch.cuda.synchronize()
-    if cuda:
-        names = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
-    else:
-        names = [e.name for e in prof.events() if e.name.startswith("aten::") and not _called_by_aten(e)]
-    counts = collections.Counter(names)
+    counts = collections.Counter(counted_names(prof.events(), kernels=cuda))
     return collections.Counter({name: n / steps for name, n in counts.items()})
+
+
+def counted_names(events, kernels: bool) -> list[str]:
+    """The names of the profiler ``events`` that count: the device's (kernels, memory copies and
+    sets) if ``kernels``, else the top-level aten operations."""
+    if kernels:
+        return [e.name for e in events if e.device_type == DeviceType.CUDA]
+    return [e.name for e in events if e.name.startswith("aten::") and not _called_by_aten(e)]
 
 
 def count_setting(name: str, device: torch.device, on_accelerator_path: bool = False, steps: int = 3) -> dict:

@@ -61,6 +61,27 @@ def test_op_count_counts_the_top_level_aten_operations_of_a_step():
     assert counts == {"aten::add": 1, "aten::sum": 1, "aten::linear": 1}
 
 
+def test_op_count_counts_the_kernels_of_a_cuda_step_and_only_them():
+    """The CUDA branch's selection, on made-up profiler events: a kernel and a memory copy count
+    (the device's events); the CPU-side launch and the aten operations do not."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, device, parent=None):
+        return SimpleNamespace(name=name, device_type=device, cpu_parent=parent)
+
+    add = event("aten::add", DeviceType.CPU)
+    events = [
+        add,
+        event("cudaLaunchKernel", DeviceType.CPU, add),
+        event("elementwise_kernel<add>", DeviceType.CUDA),
+        event("Memcpy HtoD", DeviceType.CUDA),
+    ]
+    assert op_count.counted_names(events, kernels=True) == ["elementwise_kernel<add>", "Memcpy HtoD"]
+    assert op_count.counted_names(events, kernels=False) == ["aten::add"]
+
+
 def test_op_count_names_what_alrao_adds_over_the_floor(capsys):
     op_count.main(["--settings", "lstm-char", "--steps", "1"])
     op_count.main(["--settings", "lstm-char", "--steps", "1", "--accelerator_path"])
